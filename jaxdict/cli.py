@@ -1,0 +1,60 @@
+"""The `jaxdict` console script: one sub-command per pipeline stage.
+
+Each sub-command lives in `jaxdict/commands/<name>.py` and exposes `add_arguments(parser)` and
+`run(args) -> int`. Modules are imported only when their command runs, so `jaxdict --help` does not
+pay for importing JAX.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> one-line help. Order is the order of the data flow (DESIGN.md §2).
+COMMANDS: dict[str, str] = {
+    "harvest": "run the language model over a corpus and write activations into a store",
+    "store": "inspect, verify or import an activation store",
+    "train": "train one SAE (or a sweep axis of SAEs) from a config",
+    "sweep": "run every point of a sweep file, skipping finished and resuming interrupted ones",
+    "scaling": "fit scaling laws to a finished sweep and plot them",
+    "eval": "evaluate an SAE: fvu, l0, dead/dense fractions, and delta_ce / kl spliced into the LM",
+    "features": "explore features: top contexts, logit effects, neighbours, HTML dashboard, search",
+    "steer": "clamp features while the LM generates and measure the effect",
+    "export": "export an SAE to the SAELens layout or import SAELens / Gemma Scope weights",
+    "bench": "measure train-step, loader and harvester throughput",
+    "quickstart": "the whole pipeline end to end on the embedded default (Gemma 3 270M)",
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxdict",
+        description="Sparse autoencoders on language-model activations, sharded in JAX.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == only:
+            module = importlib.import_module(f"jaxdict.commands.{name}")
+            module.add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    parser = build_parser(only=command)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(f"jaxdict.commands.{args.command}")
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the `jaxdict` console script, one module each (see jaxdict/cli.py)."""
