@@ -1,0 +1,115 @@
+"""Small JSON blobs (store header, manifest parts) on a local path or any TensorStore kvstore URL.
+
+Local paths are written with a temporary file + fsync + `os.replace`, so a reader sees either the
+old or the new file, never half of one. Other URLs (`gs://...`) go through TensorStore's kvstore,
+whose single-object writes are atomic on object stores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import tensorstore as ts
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def local_path(path: str) -> str:
+    return os.path.abspath(path[len("file://"):] if path.startswith("file://") else path)
+
+
+def join(path: str, *parts: str) -> str:
+    return "/".join([path.rstrip("/"), *parts])
+
+
+def kvstore_url(path: str) -> str:
+    """A TensorStore kvstore URL (with trailing slash) for a directory-like path."""
+    if is_local(path):
+        return "file://" + local_path(path).rstrip("/") + "/"
+    return path.rstrip("/") + "/"
+
+
+def _kv(directory: str) -> ts.KvStore:
+    return ts.KvStore.open(kvstore_url(directory)).result()
+
+
+def read_json(path: str) -> Any | None:
+    """The parsed JSON at `path`, or None if there is no such file/object."""
+    if is_local(path):
+        try:
+            with open(local_path(path), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+    else:
+        directory, _, name = path.rstrip("/").rpartition("/")
+        result = _kv(directory).read(name).result()
+        if result.state != "value":
+            return None
+        data = result.value
+    return json.loads(data.decode("utf-8"))
+
+
+def write_json_atomic(path: str, value: Any) -> None:
+    data = json.dumps(value, indent=1, sort_keys=True).encode("utf-8")
+    if is_local(path):
+        target = local_path(path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    else:
+        directory, _, name = path.rstrip("/").rpartition("/")
+        _kv(directory).write(name, data).result()
+
+
+def create_json_exclusive(path: str, value: Any) -> bool:
+    """Write `value` at `path` only if nothing is there yet; True if this call created it.
+
+    Locally this is `os.link` of a complete temporary file, which fails if the target exists, so two
+    writers creating the same store at once agree on one header. On object stores the check and the
+    write are separate steps; the header is validated on every open, so a lost race is still caught.
+    """
+    if is_local(path):
+        target = local_path(path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps(value, indent=1, sort_keys=True).encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            os.unlink(tmp)
+    if read_json(path) is not None:
+        return False
+    write_json_atomic(path, value)
+    return True
+
+
+def list_names(directory: str) -> list[str]:
+    """Names of the files/objects directly under `directory` (empty if it does not exist)."""
+    if is_local(directory):
+        try:
+            return sorted(os.listdir(local_path(directory)))
+        except FileNotFoundError:
+            return []
+    keys = _kv(directory).list().result()
+    return sorted(k.decode("utf-8") for k in keys if b"/" not in k)
