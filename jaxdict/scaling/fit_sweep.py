@@ -31,7 +31,8 @@ ALLOCATION_LAWS = {"n_features": "F*", "steps": "S*", "tokens": "D*"}
 
 COMPUTE_LABELS = {
     "flops": "training FLOPs, the results table's `flops` column",
-    "features_x_tokens": "n_features × training tokens (DESIGN.md §4: C ∝ F × tokens; FLOPs ≈ 6·d·C)",
+    "features_x_tokens": ("n_features × training tokens (DESIGN.md §4: C ∝ F × tokens; the FLOPs per unit "
+                          "of C, ≈ 12·d for a dense step by DESIGN.md §7, only rescale a, not the exponents)"),
 }
 
 
@@ -41,11 +42,20 @@ def _law_json(law: PowerLaw | SaturatingPowerLaw, symbol: str, samples: dict[str
         params, formula = ("a", "b", "c"), f"{symbol} = a·C^(−b) + c"
     else:
         params, formula = ("a", "b"), f"{symbol} = a·C^b"
+    values = {p: getattr(law, p) for p in params}
+    if not all(math.isfinite(v) for v in values.values()):
+        raise ScalingInputError(
+            f"the fit of {formula} did not converge to finite parameters ({values}); the frontier points "
+            "do not follow this law over a usable range"
+        )
     out: dict[str, Any] = {"formula": formula, "fitted": law.formula(y=symbol)}
-    out.update({p: getattr(law, p) for p in params})
+    out.update(values)
     out["rms_log_residual"] = law.rms_log_residual
     out["n_points"] = law.n_points
     out["ci"] = {p: (percentile_interval(samples[p], CI_LEVEL) if samples else None) for p in params}
+    # Resamples whose refit overflowed are left out of the percentiles; say how many there were.
+    out["n_bootstrap_nonfinite"] = (
+        int(np.count_nonzero(~np.all([np.isfinite(samples[p]) for p in params], axis=0))) if samples else 0)
     return out
 
 

@@ -94,9 +94,18 @@ def plot_loss_vs_compute(
                 label=f"fit without top {holdout.size} (extrapolation check)")
         ax.scatter(pts.compute[holdout], pts.loss[holdout], marker="D", s=110, facecolors="none",
                    edgecolors="tab:orange", linewidths=1.5, zorder=4, label="held-out frontier runs")
+    # The axis spans the runs that were fitted: a diverged run's loss (often 1e30 or so) must not
+    # squash them into one line. Excluded runs beyond it are pinned to the edge as triangles.
+    y_lo, y_hi = float(pts.loss.min()) / 1.25, float(pts.loss.max()) * 1.25
+    ax.set_ylim(y_lo, y_hi)
     if excluded_compute.size:
-        ax.scatter(excluded_compute, excluded_loss, marker="x", color="grey", s=30,
-                   label="excluded (diverged)", zorder=1)
+        inside = (excluded_loss >= y_lo) & (excluded_loss <= y_hi)
+        if np.any(inside):
+            ax.scatter(excluded_compute[inside], excluded_loss[inside], marker="x", color="grey", s=30,
+                       label="excluded (diverged)", zorder=1)
+        if np.any(~inside):
+            ax.scatter(excluded_compute[~inside], np.clip(excluded_loss[~inside], y_lo, y_hi), marker="^",
+                       color="grey", s=40, clip_on=False, zorder=1, label="excluded (diverged), loss off scale")
     ax.set_xlabel(f"compute C ({pts.compute_label})")
     ax.set_ylabel(pts.metric)
     ax.set_title(f"{pts.metric} against compute")

@@ -104,6 +104,11 @@ def render_report(result: dict[str, Any]) -> str:
         *_laws_table(result),
         "",
     ]
+    for key, title in _LAW_TITLES.items():
+        law = result["fits"].get(key)
+        if law is not None and law["n_bootstrap_nonfinite"]:
+            lines += [f"{law['n_bootstrap_nonfinite']} bootstrap refit(s) of {title} gave non-finite "
+                      "parameters and are left out of its intervals.", ""]
     if result["fits"].get("lr") is None:
         lines += [f"lr*(C) is not fitted: every used run has the same learning rate "
                   f"({', '.join(_g(v) for v in result['lr_values'])}).", ""]
