@@ -11,7 +11,7 @@ SCRIPT_OPTIONS="  --no-wait                 return once the request is accepted 
   --wait-timeout SECONDS    give up waiting for ACTIVE after this long (default 0: no limit)
   --poll-interval SECONDS   seconds between state polls while waiting (default 60)"
 
-# shellcheck source=tpu_setup/common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 wait_until_active=1

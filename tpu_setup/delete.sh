@@ -8,7 +8,7 @@ SCRIPT_DESCRIPTION="Delete the slice TPU_NAME: the queued resource together with
 tpus tpu-vm delete). Data on the VMs' disks is lost; checkpoints and logs in BUCKET stay."
 SCRIPT_OPTIONS="  --async   return without waiting for the deletion to finish"
 
-# shellcheck source=tpu_setup/common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 async=()

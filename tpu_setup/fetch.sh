@@ -13,7 +13,7 @@ SCRIPT_OPTIONS="  --run-name NAME   fetch BUCKET/runs/NAME and the run's logs
   --dest DIR        local destination (default ./tpu_results/NAME, or ./tpu_results)
   --gsutil          use gsutil -m cp -r instead of gcloud storage cp -r"
 
-# shellcheck source=tpu_setup/common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 run_name=''

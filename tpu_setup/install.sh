@@ -22,7 +22,7 @@ SCRIPT_OPTIONS="  --git-url URL      git repository of jaxdict (env JAXDICT_GIT_
   --jax-spec SPEC    requirement that brings JAX's TPU runtime (env JAX_SPEC, default jax[tpu])
   --no-check         skip the final device check"
 
-# shellcheck source=tpu_setup/common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 git_url=${JAXDICT_GIT_URL:-}

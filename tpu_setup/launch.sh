@@ -17,7 +17,7 @@ SCRIPT_OPTIONS="  --run-name NAME       name of this run: letters, digits, '.', 
                         the checkout or experiments folder made by install.sh)
   --log-sync-seconds S  upload period of the logs (default 300)"
 
-# shellcheck source=tpu_setup/common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 run_name=''

@@ -29,7 +29,7 @@ SCRIPT_OPTIONS="  --run-name NAME       the run, as in launch.sh (required)
                         --no-check: passed to install.sh
   launch.sh options     --env, --workdir, --log-sync-seconds: passed to launch.sh"
 
-# shellcheck source=tpu_setup/common.sh
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 run_name=''
