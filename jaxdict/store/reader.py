@@ -179,6 +179,12 @@ class ActivationStore:
         """Activations of several logical row ranges, concatenated; all reads are issued at once."""
         return self._read(ACTS, ranges)
 
+    def read_column(self, name: str, start: int, stop: int) -> np.ndarray:
+        """One of "acts", "token_ids", "doc_ids", "positions" for logical rows [start, stop)."""
+        if name not in (ACTS, *META_DTYPES):
+            raise ValueError(f"column must be one of {(ACTS, *META_DTYPES)}, got {name!r}")
+        return self._read(name, [(start, stop)])
+
     def read_meta(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """token_ids [n] int32, doc_ids [n] int64, positions [n] int32 of logical rows [start, stop)."""
         return {name: self._read(name, [(start, stop)]) for name in META_DTYPES}
