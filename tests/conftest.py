@@ -4,9 +4,11 @@ The flag must be set before JAX initialises its backends, hence at import time o
 """
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+# The concurrency-optimised thunk scheduler of XLA:CPU can start independent collectives in a
+# different order on different fake devices; on a 2-core machine the blocked threads then starve
+# the rendezvous and the process aborts after 40 s. Sequential scheduling avoids that.
+XLA_TEST_FLAGS = "--xla_force_host_platform_device_count=8 --xla_cpu_enable_concurrency_optimized_scheduler=false"
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + XLA_TEST_FLAGS).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
