@@ -176,3 +176,35 @@ def test_console_command_in_a_subprocess_imports_no_training_stack(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_where_filters_one_architecture_and_mixed_tables_are_flagged(tmp_path, capsys):
+    rows = []
+    for arch, k, scale in (("relu_l1", "", 1.0), ("topk", "32", 0.5)):
+        for i in range(6):
+            f, steps = 2 ** (6 + i), 2 ** (4 + i)
+            row = _row(f"{arch}_{i}", f, steps, scale * (0.1 + 2.0 * (f * steps) ** -0.3))
+            row.update(arch=arch, k=k)
+            rows.append(row)
+    _write(tmp_path / "results.csv", rows)
+    assert _fit(tmp_path, "--no-plots") == 0
+    result = json.loads((tmp_path / "out" / "fit.json").read_text())
+    assert result["mixed_settings"] == {"arch": ["relu_l1", "topk"], "k": ["", "32"]}
+    assert "the used runs mix arch values relu_l1, topk" in (tmp_path / "out" / "report.md").read_text()
+    assert {p["name"].split("_")[0] for p in result["frontier"]} == {"topk"}  # the lower loss wins
+
+    assert _fit(tmp_path, "--no-plots", "--where", "arch=relu_l1") == 0
+    result = json.loads((tmp_path / "out" / "fit.json").read_text())
+    assert result["where"] == {"arch": "relu_l1"} and result["n_filtered_out"] == 6
+    assert result["mixed_settings"] == {} and len(result["frontier"]) == 6
+    assert result["fits"]["loss"]["b"] == pytest.approx(0.3, abs=1e-6)
+    assert "filter: arch=relu_l1 (6 rows of the table left out)" in (tmp_path / "out" / "report.md").read_text()
+    assert _fit(tmp_path, "--no-plots", "--where", "k=32.0") == 0  # numbers compare as numbers
+    assert json.loads((tmp_path / "out" / "fit.json").read_text())["n_included"] == 6
+
+    assert _fit(tmp_path, "--where", "arch=jumprelu") == 1
+    assert "no run has arch='jumprelu'; values of 'arch' present: 'relu_l1', 'topk'" in capsys.readouterr().err
+    assert _fit(tmp_path, "--where", "width=3") == 1
+    assert "filter on column 'width', which" in capsys.readouterr().err
+    assert _fit(tmp_path, "--where", "arch") == 2
+    assert "--where 'arch' is not COLUMN=VALUE" in capsys.readouterr().err

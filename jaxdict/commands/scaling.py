@@ -32,7 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--compute", choices=("auto", "flops", "features_x_tokens"), default="auto",
                      help="compute C: the flops column, n_features × tokens, or auto = flops when every "
                           "used run has it, else n_features × tokens (default: auto)")
+    fit.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                     help="fit only rows whose COLUMN equals VALUE (numbers compare as numbers); "
+                          "repeatable, e.g. --where arch=topk --where k=32")
     fit.add_argument("--no-plots", action="store_true", help="skip the PNG/SVG plots")
+
+
+def _parse_where(items: list[str]) -> dict[str, str]:
+    where = {}
+    for item in items:
+        column, sep, value = item.partition("=")
+        if not sep or not column.strip():
+            raise ValueError(f"--where {item!r} is not COLUMN=VALUE (e.g. --where arch=topk)")
+        where[column.strip()] = value.strip()
+    return where
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,9 +55,14 @@ def run(args: argparse.Namespace) -> int:
     from jaxdict.scaling import ScalingInputError, fit_sweep
 
     try:
+        where = _parse_where(args.where)
+    except ValueError as err:
+        print(f"jaxdict scaling fit: {err}", file=sys.stderr)
+        return 2
+    try:
         result = fit_sweep(
             args.table, args.out, metric=args.metric, bootstrap=args.bootstrap,
-            holdout_top=args.holdout_top, seed=args.seed, compute=args.compute,
+            holdout_top=args.holdout_top, seed=args.seed, compute=args.compute, where=where,
             make_plots=not args.no_plots,
         )
     except ScalingInputError as err:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,7 @@ def fit_sweep(
     holdout_top: int = 2,
     seed: int = 0,
     compute: str = "auto",
+    where: Mapping[str, str] | None = None,
     make_plots: bool = True,
 ) -> dict[str, Any]:
     """Fit scaling laws to a sweep and write `report.md`, `fit.json` and plots into `out_dir`.
@@ -125,6 +127,7 @@ def fit_sweep(
       holdout_top: frontier runs of largest compute held out of the extrapolation check (0: no check).
       seed: seed of the bootstrap resampling.
       compute: "auto", "flops" or "features_x_tokens" (see `load_results_table`).
+      where: {column: value} row filters, e.g. {"arch": "topk", "k": "32"} (see `load_results_table`).
       make_plots: write the PNG and SVG plots.
     Returns:
       the dictionary written to fit.json.
@@ -133,7 +136,7 @@ def fit_sweep(
         raise ScalingInputError(f"--bootstrap must be ≥ 0 resamples, got {bootstrap}")
     if holdout_top < 0:
         raise ScalingInputError(f"--holdout-top must be ≥ 0 runs, got {holdout_top}")
-    table: ResultsTable = load_results_table(table_path, metric=metric, compute=compute)
+    table: ResultsTable = load_results_table(table_path, metric=metric, compute=compute, where=where)
     runs = table.included
     if not runs:
         raise ScalingInputError(
@@ -193,6 +196,12 @@ def fit_sweep(
         "compute_label": COMPUTE_LABELS[table.compute_definition],
         "n_runs": len(table.runs),
         "n_included": len(runs),
+        "where": dict(table.where),
+        "n_filtered_out": table.n_filtered_out,
+        "mixed_settings": {
+            field: values for field in ("arch", "k", "l1_coeff")
+            if len(values := sorted({getattr(r, field) for r in runs})) > 1
+        },
         "lr_values": sorted(set(attrs["lr"].tolist())),
         "excluded": [{"name": r.name, "reason": r.excluded_reason} for r in table.excluded],
         "frontier": [

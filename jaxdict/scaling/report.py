@@ -85,6 +85,16 @@ def render_report(result: dict[str, Any]) -> str:
         f"{len(result['excluded'])} excluded; {len(frontier)} on the compute-optimal frontier "
         f"(C from {_g(frontier[0]['compute'])} to {_g(frontier[-1]['compute'])})",
     ]
+    if result["where"]:
+        lines.append(
+            f"- filter: {', '.join(f'{k}={v}' for k, v in result['where'].items())} "
+            f"({result['n_filtered_out']} rows of the table left out)"
+        )
+    for field, values in result["mixed_settings"].items():
+        lines.append(
+            f"- **note**: the used runs mix {field} values {', '.join(v or '(empty)' for v in values)}; "
+            f"the frontier takes the best of them at each compute (fit one with `--where {field}=...`)"
+        )
     if boot["n_resamples"]:
         lines.append(
             f"- intervals: {int(100 * boot['ci_level'])} % bootstrap percentile intervals from "

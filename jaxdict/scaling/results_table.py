@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 from jaxdict.scaling.errors import ScalingInputError
@@ -34,6 +35,8 @@ class RunRecord:
 
     name: str
     arch: str
+    k: str  # raw text: empty for architectures without k
+    l1_coeff: str  # raw text: empty for architectures without an L1 penalty
     n_features: int
     lr: float
     steps: int
@@ -54,8 +57,10 @@ class ResultsTable:
 
     source: Path
     metric: str
-    runs: tuple[RunRecord, ...]
+    runs: tuple[RunRecord, ...]  # the rows that pass `where`
     compute_definition: str  # "flops" or "features_x_tokens"
+    where: tuple[tuple[str, str], ...] = ()  # (column, value) filters applied to the rows
+    n_filtered_out: int = 0  # rows of the file that `where` left out
 
     @property
     def included(self) -> tuple[RunRecord, ...]:
@@ -70,8 +75,8 @@ class ResultsTable:
         if self.compute_definition == "flops":
             assert run.flops is not None, run.name  # guaranteed by load_results_table
             return run.flops
-        # DESIGN.md §4: C ∝ F × training tokens (single epoch); the constant factor (≈ 6·d for a
-        # dense step) only rescales `a` of a power law, never its exponent.
+        # DESIGN.md §4: C ∝ F × training tokens (single epoch); the FLOPs per unit of C (≈ 12·d for
+        # a dense step, DESIGN.md §7) only rescale `a` of a power law, never its exponent.
         return float(run.n_features) * run.tokens
 
 
@@ -152,7 +157,8 @@ def _parse_row(row: dict[str, str], metric: str) -> RunRecord:
 
         n_features, steps = lenient("n_features"), lenient("steps")
         return RunRecord(
-            name=name, arch=(row.get("arch") or "").strip(),
+            name=name, arch=(row.get("arch") or "").strip(), k=(row.get("k") or "").strip(),
+            l1_coeff=(row.get("l1_coeff") or "").strip(),
             n_features=int(n_features) if math.isfinite(n_features) else 0,
             lr=lenient("lr"), steps=int(steps) if math.isfinite(steps) else 0, tokens=lenient("tokens"),
             flops=lenient("flops") if lenient("flops") > 0 else None,
@@ -165,6 +171,8 @@ def _parse_row(row: dict[str, str], metric: str) -> RunRecord:
     return RunRecord(
         name=name,
         arch=(row.get("arch") or "").strip(),
+        k=(row.get("k") or "").strip(),
+        l1_coeff=(row.get("l1_coeff") or "").strip(),
         n_features=_parse_positive_int(row["n_features"] or "", name, "n_features"),
         lr=_parse_positive_float(row["lr"] or "", name, "lr"),
         steps=_parse_positive_int(row["steps"] or "", name, "steps"),
@@ -176,8 +184,38 @@ def _parse_row(row: dict[str, str], metric: str) -> RunRecord:
     )
 
 
-def load_results_table(path: str | Path, metric: str = "final_loss", compute: str = "auto") -> ResultsTable:
+def _same_value(cell: str, wanted: str) -> bool:
+    """Cell equals the filter value, as numbers when both are numbers (so k=32 matches "32.0")."""
+    cell, wanted = cell.strip(), wanted.strip()
+    try:
+        return float(cell) == float(wanted)
+    except ValueError:
+        return cell == wanted
+
+
+def _apply_where(rows: list[dict[str, str]], where: Mapping[str, str], header: list[str], source: Path):
+    for column, value in where.items():
+        if column not in header:
+            raise ScalingInputError(
+                f"filter on column {column!r}, which {str(source)!r} lacks; columns present: {', '.join(header)}"
+            )
+        kept = [r for r in rows if _same_value(r[column] or "", value)]
+        if not kept:
+            present = sorted({(r[column] or "").strip() for r in rows})
+            raise ScalingInputError(
+                f"no run has {column}={value!r}; values of {column!r} present: {', '.join(map(repr, present))}"
+            )
+        rows = kept
+    return rows
+
+
+def load_results_table(
+    path: str | Path, metric: str = "final_loss", compute: str = "auto", where: Mapping[str, str] | None = None
+) -> ResultsTable:
     """Read a sweep folder's `results.csv` (or a CSV path) into a `ResultsTable`.
+
+    `where`: keep only rows whose column equals the value ({"arch": "topk", "k": "32"}), e.g. to fit
+    one architecture or one k of a grid that holds several.
 
     `compute`: "flops" uses the `flops` column (every included run must have a positive value);
     "features_x_tokens" uses C = n_features × tokens; "auto" takes flops when every included run
@@ -204,12 +242,16 @@ def load_results_table(path: str | Path, metric: str = "final_loss", compute: st
         )
     if not rows:
         raise ScalingInputError(f"results table {str(csv_path)!r} has a header but no runs")
-    runs = tuple(_parse_row(row, metric) for row in rows)
     seen: set[str] = set()
-    for r in runs:
-        if r.name in seen:
-            raise ScalingInputError(f"run name {r.name!r} appears more than once in {str(csv_path)!r}")
-        seen.add(r.name)
+    for row in rows:
+        name = (row["name"] or "").strip()
+        if name in seen:
+            raise ScalingInputError(f"run name {name!r} appears more than once in {str(csv_path)!r}")
+        seen.add(name)
+    n_rows = len(rows)
+    where = dict(where or {})
+    rows = _apply_where(rows, where, header, csv_path)
+    runs = tuple(_parse_row(row, metric) for row in rows)
     included = [r for r in runs if r.included]
     without_flops = [r.name for r in included if r.flops is None]
     if compute == "flops" and without_flops:
@@ -219,4 +261,5 @@ def load_results_table(path: str | Path, metric: str = "final_loss", compute: st
         )
     if compute == "auto":
         compute = "flops" if included and not without_flops else "features_x_tokens"
-    return ResultsTable(source=csv_path, metric=metric, runs=runs, compute_definition=compute)
+    return ResultsTable(source=csv_path, metric=metric, runs=runs, compute_definition=compute,
+                        where=tuple(where.items()), n_filtered_out=n_rows - len(rows))
