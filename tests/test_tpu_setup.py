@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -508,17 +509,46 @@ def test_watch_dry_run_previews_the_recovery(tmp_path):
 # --- the remote job wrapper of launch.sh, run locally as a worker would ----------------------------
 
 FAKE_JOB = r'''#!PYTHON
-import json, os, pathlib, sys, time
+"""Stands for `jaxdict train`: waits for a release file; on SIGTERM 'saves' and exits 0."""
+import json, os, pathlib, signal, sys, time
 out = pathlib.Path(os.environ["JOB_RECORD"])
 release = pathlib.Path(os.environ["JOB_RELEASE"])
+
+
+def record(terminated):
+    out.write_text(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "terminated": terminated,
+                               "launch_var": os.environ.get("LAUNCH_VAR")}))
+
+
+def on_sigterm(signum, frame):
+    record(True)
+    print("checkpoint saved on SIGTERM", flush=True)
+    sys.exit(0)
+
+
+signal.signal(signal.SIGTERM, on_sigterm)
+print("training step 1", flush=True)
 deadline = time.time() + 20
 while not release.exists() and time.time() < deadline:
     time.sleep(0.05)
-out.write_text(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(),
-                           "launch_var": os.environ.get("LAUNCH_VAR")}))
-print("training step 1", flush=True)
+record(False)
 sys.exit(int(os.environ.get("JOB_EXIT", "0")))
 '''
+
+
+def wait_until_gone(pid, timeout=20.0):
+    """Waits for a process that is not our child to end (a zombie counts as ended)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except (ProcessLookupError, FileNotFoundError):
+            return
+        assert time.time() < deadline, f"process {pid} still running"
+        time.sleep(0.05)
 
 
 def wait_for(path, timeout=20.0):
@@ -558,17 +588,53 @@ def test_launch_remote_command_runs_the_job_detached_and_records_its_exit(tmp_pa
     assert f"run r1 is still running on" in second.stderr and f"(pid {pid})" in second.stderr
 
     (tmp_path / "release").touch()
-    wait_for(runs / "r1.exit")
+    wait_until_gone(pid)
+    assert (runs / "r1.exit").read_text().strip() == "3"
     exit_dir = fake_cloud / "bucket" / "sae-bucket" / "jaxdict-launch" / "r1" / "exit"
-    wait_for(exit_dir)
     record = json.loads((tmp_path / "record.json").read_text())
-    assert record == {"argv": argv, "cwd": str(home / "jaxdict"), "launch_var": "x y"}
+    assert record == {"argv": argv, "cwd": str(home / "jaxdict"), "terminated": False,
+                      "launch_var": "x y"}
     (marker,) = exit_dir.iterdir()
     assert marker.read_text().strip() == "3"
     logs = list((fake_cloud / "bucket" / "sae-bucket" / "jaxdict-launch" / "r1" / "logs").iterdir())
     assert len(logs) == 1 and logs[0].name.startswith(marker.name + "-")
     text = logs[0].read_text()
     assert "training step 1" in text and "[launch] exit status 3" in text
+
+
+def test_sigterm_to_the_run_leaves_no_exit_file(tmp_path, fake_cloud):
+    """Preemption: the job saves and exits 0 on SIGTERM; watch.sh must not read that as the end."""
+    home = tmp_path / "home"
+    (home / "jaxdict").mkdir(parents=True)
+    venv_bin = home / "jaxdict-venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    job = venv_bin / "fakejob"
+    job.write_text(FAKE_JOB.replace("PYTHON", sys.executable, 1))
+    job.chmod(job.stat().st_mode | stat.S_IXUSR)
+    env = base_env(tmp_path, fake_cloud, **CONFIG)
+    dry = run_script("launch.sh", "--dry-run", "--run-name", "r2", "--", "fakejob", env=env)
+    remote = option(printed_commands(dry.stdout)[1], "--command")
+    worker_env = {**env, "JOB_RECORD": str(tmp_path / "record.json"),
+                  "JOB_RELEASE": str(tmp_path / "never")}
+    proc = subprocess.run(["bash", "-c", remote], env=worker_env, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    runs = home / "jaxdict-runs"
+    pid = int((runs / "r2.pid").read_text())
+    log = runs / "r2.log"
+    deadline = time.time() + 20
+    while "training step 1" not in (log.read_text() if log.exists() else ""):
+        assert time.time() < deadline, "the job did not start"
+        time.sleep(0.05)
+    os.killpg(pid, signal.SIGTERM)  # the stop command of launch.sh --help, and what shutdown does
+    wait_until_gone(pid)
+    assert "interrupted by SIGTERM" in log.read_text()
+    assert json.loads((tmp_path / "record.json").read_text())["terminated"] is True
+    launch_dir = fake_cloud / "bucket" / "sae-bucket" / "jaxdict-launch" / "r2"
+    assert not (launch_dir / "exit").exists()
+    assert not (runs / "r2.exit").exists()
+    (uploaded,) = (launch_dir / "logs").iterdir()
+    assert "checkpoint saved on SIGTERM" in uploaded.read_text()
 
 
 def test_launch_refuses_a_worker_without_its_working_folder(tmp_path, fake_cloud):

@@ -9,8 +9,10 @@ on all workers of the slice at once, in the background, with \$HOME/jaxdict-venv
 Every worker runs the same command: on TPU, jax.distributed.initialize() finds the coordinator
 and its own process index by itself. Each worker writes its log to \$HOME/jaxdict-runs/NAME.log,
 uploads it to BUCKET/jaxdict-launch/NAME/logs/ every --log-sync-seconds and at the end, and
-records its exit status in BUCKET/jaxdict-launch/NAME/exit/ (watch.sh reads these). A worker
-refuses to start NAME while a previous NAME is still running there."
+records its exit status in BUCKET/jaxdict-launch/NAME/exit/ (watch.sh reads these; a run ended
+by SIGTERM, e.g. by preemption, writes none). A worker refuses to start NAME while a previous
+NAME is still running there. To stop NAME on every worker (stop watch.sh first):
+  gcloud compute tpus tpu-vm ssh TPU_NAME --worker=all --command='kill -TERM -- -\$(cat ~/jaxdict-runs/NAME.pid)'"
 SCRIPT_OPTIONS="  --run-name NAME       name of this run: letters, digits, '.', '_', '-' (required)
   --env KEY=VALUE       export this variable for the command (repeatable)
   --workdir DIR         working folder on the workers, expanded there (default \$HOME/jaxdict,
@@ -69,11 +71,17 @@ wrapper+=(
   "upload_log() { gcloud storage cp \"\$log\" $(quote_word "$dest/logs/")\"\$host-\$started.log\" >/dev/null 2>&1 || true; }"
   "( while sleep $log_sync_seconds; do upload_log; done ) & syncer=\$!"
   'echo "[launch] $started on $host: $(pwd)"'
+  # SIGTERM reaches the whole process group when the VM is preempted or shut down (and when the
+  # run is stopped by hand). The job saves and exits, 0 for jaxdict train; bash runs this trap
+  # once the job has exited. Such an exit is an interruption, not an end: no exit file.
+  'terminated=0'
+  "trap 'terminated=1' TERM"
   'status=0'
   "$(quote_command "${command[@]}") || status=\$?"
   'kill "$syncer" 2>/dev/null || true'
   'echo "[launch] exit status $status at $(date -u +%Y%m%dT%H%M%SZ)"'
   'upload_log'
+  'if [ "$terminated" = 1 ]; then echo "[launch] interrupted by SIGTERM: no exit file, so watch.sh relaunches the run"; upload_log; exit "$status"; fi'
   "echo \"\$status\" > \"$REMOTE_RUNS/$run_name.exit\""
   "gcloud storage cp \"$REMOTE_RUNS/$run_name.exit\" $(quote_word "$dest/exit/")\"\$host\""
   'exit "$status"'
@@ -88,8 +96,9 @@ remote=(
   "if [ -f $pidfile ] && kill -0 \"\$(cat $pidfile)\" 2>/dev/null; then echo \"run $run_name is still running on \$(hostname) (pid \$(cat $pidfile))\" >&2; exit 1; fi"
   "if [ ! -d \"$workdir\" ]; then echo \"working folder $workdir is missing on \$(hostname): run install.sh first\" >&2; exit 1; fi"
   "rm -f \"$REMOTE_RUNS/$run_name.exit\""
-  # nohup + every stream redirected: the job outlives the ssh session, which returns at once.
-  "nohup bash -c $(quote_word "$wrapper_text") >> \"$REMOTE_RUNS/$run_name.log\" 2>&1 < /dev/null &"
+  # setsid + nohup + every stream redirected: the job outlives the ssh session, which returns at
+  # once, and leads its own process group (pid = group id), so one kill stops job and helpers.
+  "setsid nohup bash -c $(quote_word "$wrapper_text") >> \"$REMOTE_RUNS/$run_name.log\" 2>&1 < /dev/null &"
   "echo \$! > $pidfile"
   "echo \"started $run_name on \$(hostname): pid \$(cat $pidfile), log $REMOTE_RUNS/$run_name.log\""
 )
