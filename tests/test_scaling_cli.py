@@ -55,6 +55,7 @@ def test_cli_end_to_end_writes_parseable_report_json_and_plots(tmp_path, capsys)
 
     result = json.loads((out / "fit.json").read_text())
     assert result["compute_definition"] == "features_x_tokens" and result["n_runs"] == 32
+    assert len(result["runs"]) == 30 and sum(r["on_frontier"] for r in result["runs"]) == len(result["frontier"])
     assert {e["name"]: e["reason"] for e in result["excluded"]} == {
         "F8192_S8000": "diverged", "F4096_S8000": "non-finite final_loss ('nan')"}
     # The frontier in fit.json is the lower envelope of the included runs.

@@ -189,6 +189,7 @@ def fit_sweep(
     if not lr_varies:
         fits["lr"] = None
 
+    frontier_set = set(frontier.tolist())
     result: dict[str, Any] = {
         "source": str(table.source),
         "metric": metric,
@@ -204,6 +205,12 @@ def fit_sweep(
         },
         "lr_values": sorted(set(attrs["lr"].tolist())),
         "excluded": [{"name": r.name, "reason": r.excluded_reason} for r in table.excluded],
+        # Every used run, so that plots can be redrawn from fit.json alone.
+        "runs": [
+            {"name": r.name, "n_features": r.n_features, "steps": r.steps, "tokens": r.tokens, "lr": r.lr,
+             "compute": float(c[i]), "loss": float(loss[i]), "on_frontier": i in frontier_set}
+            for i, r in enumerate(runs)
+        ],
         "frontier": [
             {"name": runs[i].name, "arch": runs[i].arch, "n_features": runs[i].n_features,
              "steps": runs[i].steps, "tokens": runs[i].tokens, "lr": runs[i].lr,
