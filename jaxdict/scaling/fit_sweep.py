@@ -14,8 +14,8 @@ from jaxdict.scaling.errors import ScalingInputError
 from jaxdict.scaling.frontier import compute_optimal_frontier
 from jaxdict.scaling.plots import SweepPoints, plot_frontier_allocation, plot_loss_vs_compute, plot_lr_vs_compute
 from jaxdict.scaling.power_law import (
-    MIN_POINTS_POWER_LAW,
     MIN_POINTS_SATURATING,
+    N_PARAMS_SATURATING,
     PowerLaw,
     SaturatingPowerLaw,
     fit_power_law_from_logs,
@@ -27,7 +27,7 @@ from jaxdict.scaling.report import write_report
 from jaxdict.scaling.results_table import ResultsTable, load_results_table
 
 CI_LEVEL = 0.95
-# Pure power laws fitted at the frontier: json key -> (run attribute, symbol in formulas).
+# Pure power laws fitted at the frontier: run attribute (and fit.json key) -> symbol in formulas.
 ALLOCATION_LAWS = {"n_features": "F*", "steps": "S*", "tokens": "D*"}
 
 COMPUTE_LABELS = {
@@ -87,7 +87,7 @@ def _extrapolation_check(
     predicted = fit(held_c)
     pred_samples = None
     if n_resamples:
-        resamples, _ = draw_resamples(keep_c, n_resamples, 3, rng)
+        resamples, _ = draw_resamples(keep_c, n_resamples, N_PARAMS_SATURATING, rng)
         pred_samples = np.stack([
             fit_saturating_from_log_compute(np.log(keep_c[idx]), keep_l[idx])(held_c) for idx in resamples
         ])  # [R, holdout_top]
@@ -166,7 +166,7 @@ def fit_sweep(
     n_rejected = 0
     if bootstrap:
         # 3 distinct compute values identify the 3 parameters of L(C); the pure laws need only 2.
-        resamples, n_rejected = draw_resamples(fc, bootstrap, 3, rng)
+        resamples, n_rejected = draw_resamples(fc, bootstrap, N_PARAMS_SATURATING, rng)
         log_fc = np.log(fc)
         samples = {"loss": bootstrap_parameters(
             lambda idx: _law_params(fit_saturating_from_log_compute(log_fc[idx], fl[idx]), ("a", "b", "c")),
@@ -219,7 +219,7 @@ def fit_sweep(
         ],
         "fits": fits,
         "bootstrap": {"n_resamples": bootstrap, "seed": seed, "ci_level": CI_LEVEL,
-                      "n_rejected_draws": n_rejected, "min_distinct_compute": 3},
+                      "n_rejected_draws": n_rejected, "min_distinct_compute": N_PARAMS_SATURATING},
         "extrapolation": extrapolation,
         "plots": [],
     }

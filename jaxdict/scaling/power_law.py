@@ -22,6 +22,8 @@ from jaxdict.scaling.errors import ScalingInputError
 # the residual says something about the fit.
 MIN_POINTS_POWER_LAW = 3
 MIN_POINTS_SATURATING = 4
+# A resample needs this many distinct compute values to identify (a, b, c); bootstrap refits may be exact.
+N_PARAMS_SATURATING = 3
 
 _C_GRID = np.linspace(0.0, 1.0 - 1e-3, 400)  # c / min(L) candidates of stage 1
 _C_MAX_FRACTION = 1.0 - 1e-9  # c must stay below min(L) for log(L − c) to exist
