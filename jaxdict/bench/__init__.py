@@ -1,0 +1,1 @@
+"""Throughput benchmarks (commands, never timed tests): loader, train step, harvester."""
