@@ -126,6 +126,8 @@ def test_bad_inputs_are_named(tmp_path):
         w.append(acts, tok, doc[:3], pos)
     with pytest.raises(ValueError, match="token_ids must be an integer array"):
         w.append(acts, tok.astype(np.float32), doc, pos)
+    with pytest.raises(ValueError, match="user_state must be JSON-serialisable"):
+        w.append(acts, tok, doc, pos, user_state={"arr": np.zeros(2)})
     acts[2, 5] = np.nan
     with pytest.raises(StoreError, match="1 of 4 rows .* non-finite"):
         w.append(acts, tok, doc, pos)

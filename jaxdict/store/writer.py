@@ -12,6 +12,7 @@ only buffered when the process died were never published, so they are simply pro
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import numpy as np
@@ -145,6 +146,11 @@ class StoreWriter:
             raise ValueError(f"acts must have shape [n, {self.d_in}], got {acts.shape}")
         if not np.issubdtype(acts.dtype, np.floating) and acts.dtype != self._np_dtype:
             raise ValueError(f"acts must be a float array, got dtype {acts.dtype}")
+        if user_state is not None:
+            try:
+                json.dumps(user_state)
+            except TypeError as e:
+                raise ValueError(f"user_state must be JSON-serialisable: {e}") from e
         n = acts.shape[0]
         cols = (
             acts.astype(self._np_dtype, copy=False),
