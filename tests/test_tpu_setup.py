@@ -358,6 +358,8 @@ def test_script_specific_bad_input(tmp_path):
         (["watch.sh", "--run-name", "r", "--assume-state", "ACTIVE", "--", "x"], "only makes sense with --dry-run"),
         (["watch.sh", "--dry-run", "--run-name", "r", "--assume-state", "HAPPY", "--", "x"], "not a known state"),
         (["fetch.sh"], "nothing to fetch"),
+        (["watch.sh", "--run-name", "r", "--", "x"], "missing install source"),
+        (["watch.sh", "--run-name", "r", "--git-url", "u", "--env", "=1", "--", "x"], "--env '=1'"),
     ]
     for (script, *args), message in cases:
         proc = run_script(script, *args, env=env, check=False)

@@ -162,7 +162,7 @@ validate_settings() {
     usage_error "TPU_NAME '$TPU_NAME' is not a valid name; use lower-case letters, digits and '-', starting with a letter, at most 63 characters"
   fi
   if [[ -n $BUCKET ]]; then
-    [[ $BUCKET =~ ^gs://[a-z0-9][-a-z0-9_.]*[a-z0-9](/.*)?$ ]] ||
+    [[ $BUCKET =~ ^gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?$ ]] ||
       usage_error "BUCKET '$BUCKET' is not a gs:// URL; expected e.g. gs://my-bucket"
     BUCKET=${BUCKET%/}
   fi

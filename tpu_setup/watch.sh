@@ -76,6 +76,20 @@ if [[ -n $assume_state ]]; then
 fi
 export_settings
 
+# Check the install.sh and launch.sh arguments now (a dry run of each has no side effects), rather
+# than after the first preemption, days into the run.
+for step in install launch; do
+  if [[ $step == install ]]; then
+    step_cmd=("$TPU_SETUP_DIR/install.sh" "${install_args[@]}")
+  else
+    step_cmd=("$TPU_SETUP_DIR/launch.sh" --run-name "$run_name" "${launch_args[@]}" -- "${command[@]}")
+  fi
+  if ! step_errors=$(DRY_RUN=1 "${step_cmd[@]}" 2>&1 >/dev/null); then
+    printf '%s\n' "$step_errors" | grep -v '^\[' >&2 || true
+    usage_error "the $step.sh options given to watch.sh are not valid (its message is above)"
+  fi
+done
+
 dest=$BUCKET/$LAUNCH_PREFIX/$run_name
 
 # Prints "host status" for every exit file of the run; prints nothing while the run has none.
