@@ -327,7 +327,8 @@ def test_fetch_needs_only_the_bucket(tmp_path):
     [
         ([], {"ACCELERATOR_TYPE": "v4_32"}, "ACCELERATOR_TYPE 'v4_32' is not a TPU type"),
         ([], {"ZONE": "us-west4"}, "ZONE 'us-west4' is not a zone name"),
-        ([], {"BUCKET": "sae-bucket"}, "BUCKET 'sae-bucket' is not a gs:// URL"),
+        ([], {"BUCKET": "sae-bucket"}, "BUCKET 'sae-bucket' is not gs://BUCKET_NAME[/PATH]"),
+        ([], {"BUCKET": "gs://b"}, "BUCKET 'gs://b' is not gs://BUCKET_NAME[/PATH]"),
         ([], {"TPU_NAME": "SAE_Pod"}, "TPU_NAME 'SAE_Pod' is not a valid name"),
         (["--preemptible"], {}, "queued resources cannot be preemptible"),
         ([], {"PROVISIONING": "cheap"}, "PROVISIONING 'cheap' is not one of: on-demand, spot, preemptible"),

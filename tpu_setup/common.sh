@@ -163,7 +163,7 @@ validate_settings() {
   fi
   if [[ -n $BUCKET ]]; then
     [[ $BUCKET =~ ^gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?$ ]] ||
-      usage_error "BUCKET '$BUCKET' is not a gs:// URL; expected e.g. gs://my-bucket"
+      usage_error "BUCKET '$BUCKET' is not gs://BUCKET_NAME[/PATH] with a valid bucket name (3 or more lower-case letters, digits, '-', '_', '.'); expected e.g. gs://my-bucket"
     BUCKET=${BUCKET%/}
   fi
   case $PROVISIONING in
