@@ -98,6 +98,20 @@ def _earliest(states: list[dict[str, int] | None]) -> dict[str, int] | None:
     return min(states, key=lambda s: s["chunks"])  # type: ignore[arg-type, return-value]
 
 
+def _place_params(lm: LanguageModel, mesh: Mesh, n_blocks: int) -> dict[str, Any]:
+    """Params on the mesh: the blocks in use replicated, the rest dropped, and the embedding
+    table split over `data` along the vocabulary (the lookup becomes a masked local gather plus
+    an all-reduce; replicating 262144 x 640 floats on every device would cost 671 MB each)."""
+    n_dev = mesh.devices.size
+    embed_spec = P("data", None) if lm.config.vocab_size % n_dev == 0 else P()
+    replicated = NamedSharding(mesh, P())
+    return {
+        "embed": jax.device_put(lm.params["embed"], NamedSharding(mesh, embed_spec)),
+        "final_norm": jax.device_put(lm.params["final_norm"], replicated),
+        "layers": [jax.device_put(layer, replicated) for layer in lm.params["layers"][:n_blocks]],
+    }
+
+
 def harvest(lm: LanguageModel, corpus: Corpus, out_dir: str | Path, config: HarvestConfig,
             progress: bool = True) -> dict[str, Any]:
     """Write activations at `config.hooks` for `corpus` into `<out_dir>/<hook>/`; resumable.
@@ -111,6 +125,7 @@ def harvest(lm: LanguageModel, corpus: Corpus, out_dir: str | Path, config: Harv
 
     for hook in config.hooks:
         parse_hook(hook, lm.config.n_layers)
+    next(iter(corpus.documents()), None)  # an empty corpus fails here, before stores are made
     out_dir = Path(out_dir)
     writers = {}
     for hook in config.hooks:
@@ -128,7 +143,8 @@ def harvest(lm: LanguageModel, corpus: Corpus, out_dir: str | Path, config: Harv
     devices = jax.devices()
     mesh = Mesh(np.array(devices), ("data",))
     batch = -(-config.batch_size // len(devices)) * len(devices)
-    lm = dataclasses.replace(lm, params=jax.device_put(lm.params, NamedSharding(mesh, P())))
+    lm = dataclasses.replace(lm, params=_place_params(lm, mesh, max(
+        parse_hook(h, lm.config.n_layers) for h in config.hooks) + 1))
     in_sharding = NamedSharding(mesh, P("data", None))
     C = config.context
 
