@@ -1,6 +1,6 @@
 """Loader throughput at d_in = 640 for bf16 and fp32 stores, next to the train step's consumption.
 
-    .venv/bin/python -m jaxdict.bench.loader [--rows 131072] [--batch 4096] [--batches 48] [--json]
+    .venv/bin/python -m jaxdict.bench.loader [--rows 131072] [--batch 4096] [--batches 160] [--json]
 
 For each store dtype a store of `rows` random rows is written to a temporary folder (the write
 rate is reported too), then the loader (StoreSource, global shuffle of slabs, local shuffle of rows
@@ -88,7 +88,7 @@ def _train_step_seconds(batch_size: int, d_in: int, steps: int, arch: str, n_fea
 def measure_loader_throughput(
     rows: int = 131072,
     global_batch_size: int = 4096,
-    batches: int = 48,
+    batches: int = 160,
     d_in: int = D_IN,
     dtypes: tuple[str, ...] = ("bfloat16", "float32"),
     slab_rows: int = 4096,
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=131072)
     p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--batches", type=int, default=48)
+    p.add_argument("--batches", type=int, default=160)
     p.add_argument("--read-threads", type=int, default=2)
     p.add_argument("--no-train-step", action="store_true")
     p.add_argument("--json", action="store_true")

@@ -152,6 +152,20 @@ class LoaderIterator(Iterator):
             if mesh is None:
                 mesh = jax.make_mesh((jax.device_count(),), ("data",))
             self._sharding = NamedSharding(mesh, PartitionSpec("data", None))
+            self._check_local_rows()
+
+    def _check_local_rows(self) -> None:
+        """Each process must hold a distinct 1/process_count of the batch rows on its devices."""
+        b = self.loader.global_batch_size
+        index_map = self._sharding.addressable_devices_indices_map((b, self.loader.d_in))
+        row_slices = {idx[0].indices(b)[:2] for idx in index_map.values()}
+        local_rows = sum(hi - lo for lo, hi in row_slices)
+        if local_rows != self.loader.local_batch_size:
+            raise ValueError(
+                f"this process's devices hold {local_rows} of the {b} batch rows under the mesh's "
+                f"'data' axis, but the loader gives each of {self.loader.process_count} processes "
+                f"{self.loader.local_batch_size}; lay the mesh out so that each process owns an "
+                f"equal, distinct part of the 'data' axis")
 
     def _next_window(self) -> bool:
         self._window_state = self._windows.get_state()
