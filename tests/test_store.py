@@ -134,3 +134,45 @@ def test_bad_inputs_are_named(tmp_path):
     store = open_store(str(tmp_path))
     with pytest.raises(IndexError, match=r"\[0, 5\) is outside the store's \[0, 0\)"):
         store.read(0, 5)
+
+
+def test_object_store_code_path_on_memory_kvstore():
+    """A URL path (here TensorStore's in-memory kvstore) goes through the kvstore code, not os."""
+    acts, tok, doc, pos = _rows(150)
+    url = "memory://jaxdict-test-store/"
+    w = StoreWriter.open(url, d_in=D, dtype="bfloat16", shard_rows=64, metadata={"m": 1})
+    w.append(acts, tok, doc, pos, user_state={"i": 1})
+    w.close()
+    store = open_store(url)
+    assert store.n_rows == 150 and store.metadata == {"m": 1}
+    np.testing.assert_array_equal(store.read(0, 150), acts.astype(ml_dtypes.bfloat16))
+    assert verify_store(store) == []
+    assert StoreWriter.open(url, d_in=D, dtype="bfloat16").resume_state == {"i": 1}
+    with pytest.raises(StoreIncompatibleError, match="d_in=12.*d_in=7"):
+        StoreWriter.open(url, d_in=7, dtype="bfloat16")
+
+
+def test_crash_between_shard_data_and_manifest_write(tmp_path):
+    """Shard data on disk but not yet published: invisible, then overwritten on resume."""
+    import shutil
+
+    acts, tok, doc, pos = _rows(200)
+    part = tmp_path / "manifest" / "writer-00000.json"
+    w = StoreWriter.open(str(tmp_path), d_in=D, shard_rows=64)
+    w.append(acts[:70], tok[:70], doc[:70], pos[:70], user_state={"next": 70})
+    shutil.copy(part, tmp_path / "part-before.json")
+    w.append(acts[70:140], tok[70:140], doc[70:140], pos[70:140], user_state={"next": 140})
+    assert open_store(str(tmp_path)).n_rows == 128
+    # the process "died" after writing slot 1's data, before publishing it
+    shutil.copy(tmp_path / "part-before.json", part)
+    assert open_store(str(tmp_path)).n_rows == 64
+    w2 = StoreWriter.open(str(tmp_path), d_in=D, shard_rows=64)
+    assert w2.resume_state is None  # no append ended at or before row 64
+    for lo in range(0, 200, 70):
+        s = slice(lo, lo + 70)
+        w2.append(acts[s], tok[s], doc[s], pos[s], user_state={"next": min(200, lo + 70)})
+    w2.close()
+    store = open_store(str(tmp_path))
+    np.testing.assert_array_equal(store.read_meta(0, store.n_rows)["token_ids"], tok)
+    np.testing.assert_array_equal(store.read(0, 200), acts)
+    assert verify_store(store) == []

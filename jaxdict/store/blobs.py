@@ -33,8 +33,13 @@ def kvstore_url(path: str) -> str:
     return path.rstrip("/") + "/"
 
 
+# One TensorStore context for every store opened in this process: shared cache and I/O limits, and
+# a `memory://` store (used in tests for the object-store code path) is the same store each time.
+CONTEXT = ts.Context()
+
+
 def _kv(directory: str) -> ts.KvStore:
-    return ts.KvStore.open(kvstore_url(directory)).result()
+    return ts.KvStore.open(kvstore_url(directory), context=CONTEXT).result()
 
 
 def read_json(path: str) -> Any | None:

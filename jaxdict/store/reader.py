@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
-from jaxdict.store.blobs import join, read_json
+from jaxdict.store.blobs import CONTEXT, join, read_json
 from jaxdict.store.errors import (
     CorruptShardError,
     ManifestMismatchError,
@@ -43,7 +43,8 @@ class ActivationStore:
         self._arrays: dict[str, ts.TensorStore] = {}
         for name in (ACTS, *META_DTYPES):
             try:
-                self._arrays[name] = ts.open(array_spec(path, name, header, create=False)).result()
+                spec = array_spec(path, name, header, create=False)
+                self._arrays[name] = ts.open(spec, context=CONTEXT).result()
             except ValueError as e:
                 if not n_published:
                     continue  # nothing published yet: the arrays may not exist

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
-from jaxdict.store.blobs import create_json_exclusive, join, read_json, write_json_atomic
+from jaxdict.store.blobs import CONTEXT, create_json_exclusive, join, read_json, write_json_atomic
 from jaxdict.store.errors import StoreError, StoreIncompatibleError
 from jaxdict.store.layout import (
     ACTS,
@@ -61,7 +61,7 @@ class StoreWriter:
         self._np_dtype = numpy_dtype(self.dtype)
         self._part = part
         self._arrays = {
-            name: ts.open(array_spec(path, name, header, create=True)).result()
+            name: ts.open(array_spec(path, name, header, create=True), context=CONTEXT).result()
             for name in (ACTS, *META_DTYPES)
         }
         # Rows of upcoming appends that are already published (see module docstring).
