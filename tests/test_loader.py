@@ -95,6 +95,14 @@ def test_resume_in_finite_stream_stops_at_the_same_batch():
         np.testing.assert_array_equal(got, want)
 
 
+def test_close_stops_the_iterator_threads():
+    src = ArraySource(_ids_array(500))
+    with _loader(src).iter_local() as it:
+        next(it)
+    with pytest.raises(ValueError, match="iterator was closed"):
+        next(it)
+
+
 def test_state_from_another_configuration_is_refused():
     src = ArraySource(_ids_array(500))
     it = _loader(src, seed=1).iter_local()

@@ -45,14 +45,15 @@ def _write_store(path: str, rows: int, d_in: int, dtype: str, seed: int) -> floa
 
 def _time_batches(iterator, batches: int, warmup: int, block: bool) -> float:
     """Seconds per batch over `batches` batches after `warmup` untimed ones."""
-    for _ in range(warmup):
-        b = next(iterator)
-    t0 = time.perf_counter()
-    for _ in range(batches):
-        b = next(iterator)
-        if block:
-            b.block_until_ready()
-    return (time.perf_counter() - t0) / batches
+    with iterator:
+        for _ in range(warmup):
+            b = next(iterator)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            b = next(iterator)
+            if block:
+                b.block_until_ready()
+        return (time.perf_counter() - t0) / batches
 
 
 def _train_step_seconds(batch_size: int, d_in: int, steps: int, arch: str, n_features: int,

@@ -147,6 +147,7 @@ class LoaderIterator(Iterator):
         self._window_state = self._windows.get_state()  # grain state *before* the current window
         self._offset = 0
         self._batches = 0
+        self._closed = False
         if global_arrays:
             mesh = loader.mesh
             if mesh is None:
@@ -180,6 +181,8 @@ class LoaderIterator(Iterator):
     def next_local(self) -> np.ndarray:
         """The next local batch [local_batch_size, d_in] as numpy."""
         loader = self.loader
+        if self._closed:
+            raise ValueError("this loader iterator was closed; make a new one (and set_state)")
         if loader.num_batches is not None and self._batches >= loader.num_batches:
             raise StopIteration
         need, parts = loader.local_batch_size, []
@@ -200,6 +203,18 @@ class LoaderIterator(Iterator):
             return local
         shape = (self.loader.global_batch_size, local.shape[1])
         return jax.make_array_from_process_local_data(self._sharding, local, shape)
+
+    def close(self) -> None:
+        """Stop the reader threads and drop prefetched windows."""
+        self._windows.close()
+        self._window = None
+        self._closed = True
+
+    def __enter__(self) -> "LoaderIterator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def batches_yielded(self) -> int:
