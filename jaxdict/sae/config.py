@@ -1,0 +1,119 @@
+"""SAE architecture configuration: one frozen dataclass, validated on construction."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+ARCHITECTURES = ("relu_l1", "topk", "batchtopk", "jumprelu")
+DecodeMode = Literal["auto", "dense", "sparse"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the value and what would be valid."""
+
+
+def check_finite_fields(obj: object) -> None:
+    """Raise ConfigError for any float field of a dataclass that is NaN or infinite."""
+    for field in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"{type(obj).__name__}.{field.name} = {value!r} is not finite; give a finite number"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEConfig:
+    """What an SAE is: its shape, its architecture and the hyper-parameters of its loss.
+
+    arch:
+      relu_l1   f = ReLU(x W_enc + b_enc); loss ‖x−x̂‖² + λ Σ_i f_i ‖W_dec,i‖ (Anthropic, April 2024)
+      topk      keep the k largest pre-activations (Gao et al. 2024), AuxK on dead latents
+      batchtopk keep the B·k largest over the batch (Bussmann et al. 2024); JumpReLU at inference
+      jumprelu  f = z·H(z−θ), L0 (or tanh) penalty, straight-through estimator (Rajamanoharan et al.)
+    """
+
+    arch: str = "topk"
+    d_in: int = 640
+    n_features: int = 16384
+    # TopK / BatchTopK: active latents per token.
+    k: int = 64
+    # ReLU-L1 λ (Scaling Monosemanticity used λ = 5 with inputs scaled so E‖x‖² = d_in).
+    l1_coeff: float = 5.0
+    # JumpReLU sparsity coefficient on L0 (or the tanh penalty); Gemma Scope sweeps ~1e-3..1e-1 per
+    # unit-variance dimension, here applied to the summed L0 of a token.
+    l0_coeff: float = 1e-3
+    jumprelu_penalty: Literal["l0", "tanh"] = "l0"
+    # STE kernel width ε and initial θ: 0.001 in Gemma Scope (Lieberum et al. 2024, App. B).
+    jumprelu_bandwidth: float = 0.001
+    jumprelu_init_threshold: float = 0.001
+    # tanh penalty sharpness c in tanh(c·|f_i|·‖W_dec,i‖) (Anthropic, Jan 2025 update).
+    tanh_scale: float = 4.0
+    # AuxK (Gao et al. 2024 App. A.2): k_aux ≈ d_in/2, coefficient 1/32; None means d_in // 2.
+    aux_k: int | None = None
+    aux_coeff: float = 1.0 / 32.0
+    # A latent is dead when it has not fired for this many tokens (Gao et al.: 10M tokens).
+    dead_tokens: int = 10_000_000
+    # BatchTopK inference threshold: EMA decay of the smallest kept activation per batch.
+    threshold_ema_decay: float = 0.99
+    # ReLU-L1 decoder init norm 0.1 (Anthropic April 2024 update).
+    dec_init_norm: float = 0.1
+    # Decoder path for TopK/BatchTopK: "sparse" gathers the k active rows (2·B·d·F + O(B·k·d)
+    # FLOPs instead of ~10·B·d·F); "auto" picks sparse when k is small next to F.
+    decode: DecodeMode = "auto"
+    # Compute dtype of the matmuls; parameters and optimiser state stay float32.
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self) -> None:
+        check_finite_fields(self)
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"unknown SAE architecture {self.arch!r}; valid: {', '.join(ARCHITECTURES)}")
+        for name in ("d_in", "n_features", "dead_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"SAEConfig.{name} = {value!r}; must be a positive integer")
+        if self.arch in ("topk", "batchtopk") and not (1 <= self.k < self.n_features):
+            raise ConfigError(
+                f"SAEConfig.k = {self.k} with n_features = {self.n_features}; need 1 <= k < n_features"
+            )
+        if self.aux_k is not None and not (1 <= self.aux_k <= self.n_features):
+            raise ConfigError(f"SAEConfig.aux_k = {self.aux_k}; need 1 <= aux_k <= n_features or None")
+        if self.decode not in ("auto", "dense", "sparse"):
+            raise ConfigError(f"SAEConfig.decode = {self.decode!r}; valid: auto, dense, sparse")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"SAEConfig.compute_dtype = {self.compute_dtype!r}; valid: float32, bfloat16")
+        if self.jumprelu_penalty not in ("l0", "tanh"):
+            raise ConfigError(f"SAEConfig.jumprelu_penalty = {self.jumprelu_penalty!r}; valid: l0, tanh")
+        for name in ("l1_coeff", "l0_coeff", "aux_coeff"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"SAEConfig.{name} = {getattr(self, name)}; must be >= 0")
+        for name in ("jumprelu_bandwidth", "jumprelu_init_threshold", "dec_init_norm", "tanh_scale"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"SAEConfig.{name} = {getattr(self, name)}; must be > 0")
+        if not 0.0 <= self.threshold_ema_decay < 1.0:
+            raise ConfigError(f"SAEConfig.threshold_ema_decay = {self.threshold_ema_decay}; need 0 <= decay < 1")
+
+    @property
+    def has_threshold(self) -> bool:
+        return self.arch in ("jumprelu", "batchtopk")
+
+    @property
+    def effective_aux_k(self) -> int:
+        return min(self.aux_k if self.aux_k is not None else max(1, self.d_in // 2), self.n_features)
+
+    @property
+    def uses_sparse_decode(self) -> bool:
+        """Whether TopK decoding gathers the k active decoder rows instead of a dense matmul."""
+        if self.arch != "topk" or self.decode == "dense":
+            return False
+        if self.decode == "sparse":
+            return True
+        # A gather of k rows costs ~2·B·k·d against 2·B·F·d dense; below k/F ≈ 1/8 the gather wins
+        # even with its poorer memory access pattern on CPU.
+        return self.k * 8 <= self.n_features
+
+    @property
+    def unit_norm_decoder(self) -> bool:
+        """ReLU-L1 keeps the decoder norm inside its penalty (Anthropic April 2024); others fix it."""
+        return self.arch != "relu_l1"

@@ -1,0 +1,137 @@
+"""The SAE forward pass for every architecture, as pure functions of (params, x).
+
+Inputs here are already normalised (x · input_scale). Shapes: x [B, d], z and f [B, F].
+`mesh` (or None) says how features are split; the maths is the same either way.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxtyping import Array, Float, Int
+
+from jaxdict.sae import sharded_ops
+from jaxdict.sae.config import SAEConfig
+from jaxdict.sae.jumprelu import jumprelu
+from jaxdict.sae.params import SAEParams
+
+
+@struct.dataclass
+class ForwardOutput:
+    """Everything a loss or metric needs from one forward pass.
+
+    x_hat: reconstruction [B, d]. pre_acts: z [B, F]. latents: dense f [B, F], or None when the
+    TopK path is sparse — then `top_values` / `top_indices` [B, k] carry the active latents.
+    fire_counts: [F], on how many tokens of the batch each latent was active. l0: [B] active count.
+    batch_threshold: BatchTopK's cut-off for this batch (0 for other architectures).
+    """
+
+    x_hat: Float[Array, "B d"]
+    pre_acts: Float[Array, "B F"]
+    latents: Optional[Float[Array, "B F"]]
+    top_values: Optional[Float[Array, "B k"]]
+    top_indices: Optional[Int[Array, "B k"]]
+    fire_counts: Float[Array, " F"]
+    l0: Float[Array, " B"]
+    batch_threshold: Float[Array, ""]
+
+
+def _constrain(a: Array, mesh: Mesh | None, spec: P) -> Array:
+    return a if mesh is None else jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec))
+
+
+def uses_pre_encoder_bias(cfg: SAEConfig) -> bool:
+    """TopK-family and JumpReLU subtract b_dec before encoding; Anthropic's ReLU-L1 recipe does not."""
+    return cfg.arch != "relu_l1"
+
+
+def effective_encoder_bias(params: SAEParams, cfg: SAEConfig) -> Float[Array, " F"]:
+    """(x − b_dec) W_enc + b_enc = x W_enc + (b_enc − b_dec W_enc): one matmul fewer (DESIGN §7)."""
+    if not uses_pre_encoder_bias(cfg):
+        return params.b_enc
+    return params.b_enc - params.b_dec @ params.W_enc
+
+
+def pre_activations(params: SAEParams, x: Float[Array, "B d"], cfg: SAEConfig, mesh: Mesh | None = None):
+    cdt = jnp.dtype(cfg.compute_dtype)
+    z = jnp.dot(x.astype(cdt), params.W_enc.astype(cdt), preferred_element_type=jnp.float32)
+    z = z + effective_encoder_bias(params, cfg)
+    return _constrain(z, mesh, P(sharded_ops.DATA, sharded_ops.MODEL))
+
+
+def dense_decode(params: SAEParams, f: Float[Array, "B F"], cfg: SAEConfig) -> Float[Array, "B d"]:
+    cdt = jnp.dtype(cfg.compute_dtype)
+    return jnp.dot(f.astype(cdt), params.W_dec.astype(cdt), preferred_element_type=jnp.float32) + params.b_dec
+
+
+def forward(
+    params: SAEParams, x: Float[Array, "B d"], cfg: SAEConfig, mesh: Mesh | None = None, *, train: bool = True
+) -> ForwardOutput:
+    """Encode and decode a batch. `train=False` uses BatchTopK's learned threshold (a JumpReLU)."""
+    z = pre_activations(params, x, cfg, mesh)
+    zero = jnp.zeros((), jnp.float32)
+    if cfg.arch == "relu_l1":
+        f = jax.nn.relu(z)
+        return _dense_output(params, z, f, cfg, zero)
+    if cfg.arch == "jumprelu" or (cfg.arch == "batchtopk" and not train):
+        f = jumprelu(z, params.threshold, cfg.jumprelu_bandwidth)
+        return _dense_output(params, z, f, cfg, zero)
+    if cfg.arch == "batchtopk":
+        n_keep = x.shape[0] * cfg.k
+        cutoff = jax.lax.stop_gradient(sharded_ops.global_kth_largest(z, n_keep, mesh))
+        f = jnp.where((z >= cutoff) & (z > 0), z, jnp.zeros_like(z))
+        return _dense_output(params, z, f, cfg, jnp.maximum(cutoff, 0.0))
+    # TopK: indices from the dense pre-activations, no gradient through the selection.
+    values, indices = sharded_ops.global_topk(jax.lax.stop_gradient(z), cfg.k, mesh)
+    if not cfg.uses_sparse_decode:
+        kth = values[:, -1:]
+        f = jnp.where((z >= kth) & (z > 0), z, jnp.zeros_like(z))
+        return _dense_output(params, z, f, cfg, zero)
+    x_in = x.astype(jnp.float32)
+    if uses_pre_encoder_bias(cfg):
+        x_in = x_in - params.b_dec
+    selected = sharded_ops.sharded_gather_preacts(x_in, params.W_enc, params.b_enc, indices, mesh)
+    top_values = jax.nn.relu(selected)
+    x_hat = sharded_ops.sharded_sparse_decode(top_values, indices, params.W_dec, mesh) + params.b_dec
+    active = top_values > 0
+    counts = jnp.zeros((cfg.n_features,), jnp.float32).at[indices.reshape(-1)].add(
+        active.reshape(-1).astype(jnp.float32)
+    )
+    counts = _constrain(counts, mesh, P(sharded_ops.MODEL))
+    return ForwardOutput(
+        x_hat=x_hat,
+        pre_acts=z,
+        latents=None,
+        top_values=top_values,
+        top_indices=indices,
+        fire_counts=counts,
+        l0=jnp.sum(active, axis=-1).astype(jnp.float32),
+        batch_threshold=zero,
+    )
+
+
+def _dense_output(params, z, f, cfg, batch_threshold) -> ForwardOutput:
+    x_hat = dense_decode(params, f, cfg)
+    active = f > 0
+    return ForwardOutput(
+        x_hat=x_hat,
+        pre_acts=z,
+        latents=f,
+        top_values=None,
+        top_indices=None,
+        fire_counts=jnp.sum(active, axis=0, dtype=jnp.float32),
+        l0=jnp.sum(active, axis=-1).astype(jnp.float32),
+        batch_threshold=batch_threshold,
+    )
+
+
+def dense_latents(out: ForwardOutput, n_features: int) -> Float[Array, "B F"]:
+    """f as a dense [B, F] array, whichever path produced it (for evaluation, not the hot loop)."""
+    if out.latents is not None:
+        return out.latents
+    rows = jnp.arange(out.top_indices.shape[0])[:, None]
+    dense = jnp.zeros((out.top_indices.shape[0], n_features), out.top_values.dtype)
+    return dense.at[rows, out.top_indices].set(out.top_values)

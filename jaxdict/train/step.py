@@ -1,0 +1,167 @@
+"""The pure train step `(state, batch) -> (state, metrics)`, jitted once with explicit shardings.
+
+Static choices (configs, mesh) are bound with functools.partial; everything that varies per run
+(λ, lr) lives in `state.hparams`, so a stack of runs shares one compiled step under vmap.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxdict.sae.config import ConfigError, SAEConfig
+from jaxdict.sae.losses import sae_loss
+from jaxdict.sae.params import SAEParams
+from jaxdict.train import metrics as metric_defs
+from jaxdict.train.mesh import batch_sharding, check_divisible
+from jaxdict.train.optim import OptimConfig, lr_multiplier, make_transform, sparsity_multiplier
+from jaxdict.train.state import TrainState
+
+# Counters saturate here so int32 never wraps (2^30 tokens ≫ the 10M-token dead window).
+_COUNTER_CAP = 2**30
+
+
+def remove_parallel_component(grad_dec: jax.Array, W_dec: jax.Array) -> jax.Array:
+    """Project out the part of each decoder row's gradient along the (unit) row itself, so the
+    Adam step does not fight the renormalisation (Gao et al. 2024 §A.3; Bricken et al. 2023)."""
+    unit = W_dec / jnp.maximum(jnp.linalg.norm(W_dec, axis=-1, keepdims=True), 1e-12)
+    return grad_dec - jnp.sum(grad_dec * unit, axis=-1, keepdims=True) * unit
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def train_step(
+    state: TrainState,
+    batch: jax.Array,
+    *,
+    sae_cfg: SAEConfig,
+    optim_cfg: OptimConfig,
+    mesh: Mesh | None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimiser step on a batch [B, d_in] of raw activations."""
+    tx = make_transform(optim_cfg)
+    x = batch.astype(jnp.float32) * state.input_scale
+    uses_warmup = sae_cfg.arch in ("relu_l1", "jumprelu")
+    sparsity = state.hparams["sparsity_coeff"] * (
+        sparsity_multiplier(state.step, optim_cfg) if uses_warmup else 1.0
+    )
+    dead = state.tokens_since_fired >= sae_cfg.dead_tokens
+
+    (loss, (out, parts)), grads = jax.value_and_grad(sae_loss, has_aux=True)(
+        state.params, x, sae_cfg, mesh, sparsity_coeff=sparsity, dead=dead
+    )
+    if sae_cfg.unit_norm_decoder:
+        grads = grads.replace(W_dec=remove_parallel_component(grads.W_dec, state.params.W_dec))
+    if sae_cfg.arch == "batchtopk":
+        # The inference threshold is an EMA statistic, not a trained parameter.
+        grads = grads.replace(threshold=jnp.zeros_like(grads.threshold))
+    grad_norm = optax.global_norm(grads)
+    # optax's Adam bias correction computes b1 ** count (float ** int32), which strict dtype
+    # promotion (our tests' setting) rejects; allow standard promotion inside optax only.
+    with jax.numpy_dtype_promotion("standard"):
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    lr = state.hparams["lr"] * lr_multiplier(state.step, optim_cfg)
+    updates = jax.tree.map(lambda u: -lr * u, updates)
+    new_params: SAEParams = optax.apply_updates(state.params, updates)
+    if sae_cfg.unit_norm_decoder:
+        norms = jnp.linalg.norm(new_params.W_dec, axis=-1, keepdims=True)
+        new_params = new_params.replace(W_dec=new_params.W_dec / jnp.maximum(norms, 1e-12))
+    if sae_cfg.arch == "batchtopk":
+        decay = jnp.float32(sae_cfg.threshold_ema_decay)
+        old = new_params.threshold
+        # First batch seeds the EMA (θ = 0 means "not yet estimated").
+        ema = jnp.where(old > 0, decay * old + (1.0 - decay) * out.batch_threshold, out.batch_threshold)
+        new_params = new_params.replace(threshold=ema)
+    if sae_cfg.arch == "jumprelu":
+        # θ must stay positive: a non-positive threshold would let every negative z through H.
+        new_params = new_params.replace(threshold=jnp.maximum(new_params.threshold, 1e-6))
+
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    n_tokens = jnp.int32(batch.shape[0])
+    fired = out.fire_counts > 0
+    since = jnp.where(fired, 0, jnp.minimum(state.tokens_since_fired + n_tokens, _COUNTER_CAP))
+
+    def pick(new, old):
+        return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+    new_state = state.replace(
+        step=state.step + 1,
+        params=pick(new_params, state.params),
+        opt_state=pick(new_opt_state, state.opt_state),
+        tokens_since_fired=pick(since, state.tokens_since_fired),
+        n_nonfinite=state.n_nonfinite + jnp.where(finite, 0, 1).astype(jnp.int32),
+        consecutive_nonfinite=jnp.where(finite, 0, state.consecutive_nonfinite + 1).astype(jnp.int32),
+    )
+    step_metrics = metric_defs.step_metrics(x, out, parts, loss, new_state.tokens_since_fired, sae_cfg)
+    step_metrics.update(
+        grad_norm=grad_norm,
+        lr=lr,
+        sparsity_coeff=jnp.asarray(sparsity, jnp.float32),
+        nonfinite=jnp.where(finite, 0.0, 1.0).astype(jnp.float32),
+        n_nonfinite=new_state.n_nonfinite,
+        consecutive_nonfinite=new_state.consecutive_nonfinite,
+    )
+    return new_state, step_metrics
+
+
+class TrainStep:
+    """The jitted step for a fixed (configs, mesh, batch size), checking inputs before it compiles.
+
+    `sweep_size=N` trains N stacked states (leading axis) on the same batch under vmap.
+    """
+
+    def __init__(
+        self,
+        sae_cfg: SAEConfig,
+        optim_cfg: OptimConfig,
+        mesh: Mesh,
+        state_shardings: TrainState,
+        batch_size: int,
+        sweep_size: int | None = None,
+    ):
+        check_divisible(mesh, batch_size=batch_size, n_features=sae_cfg.n_features)
+        self.sae_cfg, self.optim_cfg, self.mesh = sae_cfg, optim_cfg, mesh
+        self.batch_size, self.sweep_size = batch_size, sweep_size
+        fn: Callable = functools.partial(train_step, sae_cfg=sae_cfg, optim_cfg=optim_cfg, mesh=mesh)
+        if sweep_size is not None:
+            fn = jax.vmap(fn, in_axes=(0, None))
+        self.batch_sharding = batch_sharding(mesh)
+        # XLA:CPU runs the collectives of several in-flight steps on one shared thread pool; with
+        # many (fake) CPU devices on few cores, an un-synchronised next step can take the threads
+        # that the previous step's rendezvous needs and deadlock (seen with jax 0.10.2 on 2 cores,
+        # 8 fake devices). Accelerators keep asynchronous dispatch.
+        self.sync_each_step = jax.default_backend() == "cpu" and mesh.size > 1
+        self._jitted = jax.jit(
+            fn,
+            in_shardings=(state_shardings, self.batch_sharding),
+            out_shardings=(state_shardings, NamedSharding(mesh, P())),
+            donate_argnums=(0,),
+        )
+
+    def check_batch(self, batch: Any) -> None:
+        shape = tuple(batch.shape)
+        want = (self.batch_size, self.sae_cfg.d_in)
+        if shape != want:
+            if len(shape) == 2 and shape[1] != self.sae_cfg.d_in:
+                raise ConfigError(
+                    f"batch has input width {shape[1]} but the SAE's d_in is {self.sae_cfg.d_in}; "
+                    "harvest the matching hook or set sae.d_in to the store's width"
+                )
+            raise ConfigError(f"batch shape {shape}; the compiled step expects {want} ([batch, d_in])")
+
+    def __call__(self, state: TrainState, batch: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+        self.check_batch(batch)
+        out = self._jitted(state, batch)
+        if self.sync_each_step:
+            jax.block_until_ready(out)
+        return out
+
+    def lower(self, state: TrainState, batch: jax.Array):
+        return self._jitted.lower(state, batch)
