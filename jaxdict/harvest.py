@@ -125,6 +125,11 @@ def harvest(lm: LanguageModel, corpus: Corpus, out_dir: str | Path, config: Harv
 
     for hook in config.hooks:
         parse_hook(hook, lm.config.n_layers)
+    if jax.process_count() > 1:
+        # One writer per host and a per-host share of the windows would be needed (the store
+        # supports num_writers); not implemented yet, so refuse rather than write duplicates.
+        raise NotImplementedError(
+            f"harvest runs on one host; got jax.process_count() = {jax.process_count()}")
     next(iter(corpus.documents()), None)  # an empty corpus fails here, before stores are made
     out_dir = Path(out_dir)
     writers = {}

@@ -119,6 +119,7 @@ def test_edits_identity_and_nontrivial(lm):
     assert float(jnp.abs(moved - acts).max()) > 0.1
 
 
+@pytest.mark.slow
 def test_kv_cache_generation_equals_full_reforward(lm):
     direction = jnp.asarray(np.random.default_rng(2).normal(size=(640,)), jnp.float32) * 5.0
     for edits in (None, {"resid_post.8": (_add, direction)}):
