@@ -191,7 +191,11 @@ def harvest(lm: LanguageModel, corpus: Corpus, out_dir: str | Path, config: Harv
         first = np.array([w.ordinal for w in group])
         rows = int(keep.sum())
         for hook, writer in writers.items():
-            own = keep & (first >= skip_before[hook])[:, None]  # windows this store already has
+            if state["chunks"] <= skip_before[hook]:
+                # This store already holds the whole group. Appending nothing with this earlier
+                # state would move its resume point back, and a later crash would duplicate rows.
+                continue
+            own = keep & (first >= skip_before[hook])[:, None]  # skip windows it already has
             x = np.asarray(acts[hook][:len(group)])
             writer.append(x[own], ids[:len(group)][own], doc[own],
                           np.broadcast_to(positions, own.shape)[own].astype(np.int32),

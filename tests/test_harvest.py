@@ -89,6 +89,24 @@ def test_token_budget_then_resume_equals_one_run(lm, tmp_path):
     assert third["tokens"] == 0 and third["total_tokens"] == len(once["token_ids"])
 
 
+def test_stores_at_different_resume_points_catch_up_exactly(lm, tmp_path):
+    """One hook ahead of another (as after a crash between their shard writes): the run restarts
+    from the earliest state and feeds each store only the windows it lacks."""
+    corpus = open_corpus(str(_write_corpus(tmp_path / "c", 9, seed=3)))
+    base = dict(context=32, batch_size=8, shard_rows=40)
+    both = ("resid_post.1", "resid_post.2")
+    harvest(lm, corpus, tmp_path / "clean", HarvestConfig(hooks=both, **base), progress=False)
+    harvest(lm, corpus, tmp_path / "run", HarvestConfig(hooks=both[:1], max_tokens=300, **base),
+            progress=False)
+    harvest(lm, corpus, tmp_path / "run", HarvestConfig(hooks=both, max_tokens=200, **base),
+            progress=False)  # the second store starts; the first is fed nothing yet
+    harvest(lm, corpus, tmp_path / "run", HarvestConfig(hooks=both, **base), progress=False)
+    for hook in both:
+        got, want = _read_all(tmp_path / "run" / hook), _read_all(tmp_path / "clean" / hook)
+        for key in ("token_ids", "doc_ids", "positions"):
+            np.testing.assert_array_equal(got[key], want[key])
+
+
 @pytest.mark.slow
 def test_sigkill_mid_harvest_then_resume_every_row_once(lm, tmp_path):
     corpus_dir = _write_corpus(tmp_path / "c", 60, seed=2)
