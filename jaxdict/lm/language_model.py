@@ -130,7 +130,8 @@ class LanguageModel:
                     edits: Edits | None = None) -> Array | dict[str, Array]:
         """Residual stream [B, S, d] at one hook, or {hook: [B, S, d]} for a list of hooks.
 
-        Only the blocks up to the deepest requested hook are run.
+        Only the blocks up to the deepest requested hook are run. An edit at a requested hook
+        is applied before that hook is read (the hook returns the edited residual).
         """
         ids, mask = self._check_ids(ids, mask)
         names = [hooks] if isinstance(hooks, str) else list(hooks)
