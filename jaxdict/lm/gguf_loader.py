@@ -126,6 +126,11 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def cache_key(sha256: str) -> str:
+    """Cache entry name of a GGUF; the version changes whenever the param layout does."""
+    return f"gguf-v{weight_cache.FORMAT_VERSION}-{sha256[:32]}"
+
+
 def load_gguf(path: str | Path, sha256: str | None = None
               ) -> tuple[Gemma3Config, bytes, weight_cache.Params]:
     """Config, tokenizer proto and params of a GGUF, through the on-disk cache (keyed by sha256)."""
@@ -133,7 +138,7 @@ def load_gguf(path: str | Path, sha256: str | None = None
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")
     digest = sha256 or file_sha256(path)
-    key = f"gguf-{digest[:32]}"
+    key = cache_key(digest)
 
     def build() -> tuple[Gemma3Config, bytes, weight_cache.Params, dict[str, Any]]:
         config, proto, params = read_gguf(path)
@@ -174,7 +179,7 @@ def assemble_default_gguf() -> Path:
 def load_default() -> tuple[Gemma3Config, bytes, weight_cache.Params]:
     """The embedded default, Gemma 3 270M (Q4_K_M); the GGUF is assembled only on a cache miss."""
     digest = default_gguf_sha256()
-    hit = weight_cache.read_entry(f"gguf-{digest[:32]}")
+    hit = weight_cache.read_entry(cache_key(digest))
     if hit is not None:
         return hit
     return load_gguf(assemble_default_gguf(), sha256=digest)

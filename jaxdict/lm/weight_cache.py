@@ -18,6 +18,8 @@ import numpy as np
 
 from jaxdict.lm.config import Gemma3Config
 
+# Bump when the cached param layout or config fields change, so old entries are not misread.
+FORMAT_VERSION = 1
 Params = dict[str, Any]  # {"embed", "final_norm", "layers": [ {name: array} ]}
 
 
