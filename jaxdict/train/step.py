@@ -62,7 +62,7 @@ def train_step(
     if sae_cfg.arch == "batchtopk":
         # The inference threshold is an EMA statistic, not a trained parameter.
         grads = grads.replace(threshold=jnp.zeros_like(grads.threshold))
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     # optax's Adam bias correction computes b1 ** count (float ** int32), which strict dtype
     # promotion (our tests' setting) rejects; allow standard promotion inside optax only.
     with jax.numpy_dtype_promotion("standard"):
