@@ -158,8 +158,8 @@ def test_shapes_that_do_not_shard_are_refused_before_compiling(devices):
     with pytest.raises(ConfigError, match=r"n_features 62 is not divisible by the mesh's model axis \(4\); use a multiple of 4, e.g. 64"):
         TrainStep(cfg, optim, mesh, None, 32)
     cfg = dataclasses.replace(cfg, n_features=64)
-    with pytest.raises(ConfigError, match=r"batch size 30 is not divisible by the mesh's data axis \(2\)"):
-        TrainStep(cfg, optim, mesh, None, 30)
+    with pytest.raises(ConfigError, match=r"batch size 31 is not divisible by the mesh's data axis \(2\)"):
+        TrainStep(cfg, optim, mesh, None, 31)
     with pytest.raises(ConfigError, match=r"mesh data×model = 4×4 = 16 devices, but only 8 are present"):
         make_mesh(4, 4)
 
