@@ -1,0 +1,138 @@
+"""What a run needs before its first step: data sources and the input scale, the resolved config,
+and a run folder that is either fresh, a resumable run of the same config, or refused.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxdict.config import config_diff
+from jaxdict.data import ArraySource, StoreSource
+from jaxdict.sae.config import ConfigError
+from jaxdict.train.checkpoint import CHECKPOINT_DIR
+from jaxdict.train.config import RunConfig
+from jaxdict.train.metrics_log import METRICS_FILE, TB_DIR
+
+CONFIG_FILE = "config.json"
+RESULT_FILE = "result.json"
+# Keys that may change between an interrupted run and its resumption: where it lives, whether it
+# shows a bar, and the mesh (checkpoints restore onto any mesh; the maths does not change).
+RESUME_IGNORED = ("run.out_dir", "run.progress", "mesh")
+
+
+class RunDirConflict(ConfigError):
+    """The run folder holds a different run; the message lists what differs."""
+
+
+class DataSources:
+    """Train and eval sources, the input scale s (E‖s·x‖² = d_in, DESIGN.md §4) and store metadata."""
+
+    def __init__(self, train: Any, eval: Any, input_scale: float, model: str = "", hook: str = ""):
+        self.train, self.eval, self.input_scale = train, eval, input_scale
+        self.model, self.hook = model, hook
+
+
+def input_scale_from_rows(rows: np.ndarray) -> float:
+    """sqrt(d_in / E‖x‖²) over the finite rows among the given [N, d_in] (a stray NaN row must
+    not poison the scale; the train step skips such batches)."""
+    x = np.asarray(rows, np.float64)
+    x = x[np.all(np.isfinite(x), axis=1)]
+    mean_sq_norm = float(np.mean(np.sum(x * x, axis=1)))
+    if not (math.isfinite(mean_sq_norm) and mean_sq_norm > 0):
+        raise ConfigError(f"cannot normalise inputs: E‖x‖² = {mean_sq_norm} over {len(x)} rows")
+    return math.sqrt(x.shape[1] / mean_sq_norm)
+
+
+def open_sources(cfg: RunConfig) -> DataSources:
+    """The sources named by `cfg.data`, checked against the SAE (refuses a mismatched store)."""
+    data, sae = cfg.data, cfg.sae
+    if data.source == "planted":
+        from jaxdict.testing import planted_dictionary
+
+        planted = planted_dictionary(d_in=sae.d_in, n_planted=data.planted_features,
+                                     mean_active=data.planted_mean_active, seed=data.planted_seed)
+        x, _ = planted.sample(data.planted_rows, seed=data.planted_seed)
+        train = ArraySource(x, split="train", eval_fraction=data.eval_fraction)
+        evals = ArraySource(x, split="eval", eval_fraction=data.eval_fraction)
+        scale = input_scale_from_rows(train.read(0, min(train.n_rows, data.scale_rows)))
+        return DataSources(train, evals, scale, model="planted", hook=f"planted_seed={data.planted_seed}")
+    from jaxdict.store import open_store
+
+    store = open_store(data.store)
+    if store.d_in != sae.d_in:
+        raise ConfigError(f"store {data.store} holds activations of d_in={store.d_in}, but sae.d_in = "
+                          f"{sae.d_in}; set sae.d_in={store.d_in} or use a store of the matching hook")
+    meta = store.metadata
+    for field in ("model", "hook"):
+        want, have = getattr(data, field), str(meta.get(field, ""))
+        if want and want != have:
+            raise ConfigError(f"data.{field} = {want!r} but store {data.store} was harvested with "
+                              f"{field} {have!r}; point data.store at a matching store or clear data.{field}")
+    train = StoreSource(store, split="train", eval_fraction=data.eval_fraction)
+    evals = StoreSource(store, split="eval", eval_fraction=data.eval_fraction)
+    scale = math.sqrt(sae.d_in / float(store.stats["mean_sq_norm"]))
+    return DataSources(train, evals, scale, model=str(meta.get("model", "")), hook=str(meta.get("hook", "")))
+
+
+def resolve(cfg: RunConfig, sources: DataSources, run_dir: str) -> dict:
+    """The resolved config (saved as config.json and in every checkpoint)."""
+    d = cfg.to_dict()
+    d["data"]["model"] = sources.model
+    d["data"]["hook"] = sources.hook
+    d["data"]["d_in"] = cfg.sae.d_in
+    d["run"]["out_dir"] = str(run_dir)
+    return d
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def prepare_run_dir(run_dir: str | Path, resolved: dict, force: bool, write: bool) -> bool:
+    """Make `run_dir` ready. Returns True when it already holds this run (resume).
+
+    A folder with a different config.json is refused (naming what differs) unless `force`, which
+    deletes that run's checkpoints, metrics and result first. `write`: this process writes files
+    (process 0 only)."""
+    run_dir = Path(run_dir)
+    existing = read_json(run_dir / CONFIG_FILE)
+    if existing is not None:
+        diff = config_diff(existing, resolved, ignore=RESUME_IGNORED)
+        if not diff:
+            if write:
+                _write_json(run_dir / CONFIG_FILE, resolved)
+            return True
+        if not force:
+            shown = "\n  ".join(diff[:20])
+            raise RunDirConflict(f"{run_dir} holds a run with a different config:\n  {shown}\n"
+                                 "use another --out folder, or --force to delete that run and start over")
+        if write:
+            for name in (CHECKPOINT_DIR, TB_DIR, "profile"):
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+            for name in (METRICS_FILE, RESULT_FILE):
+                (run_dir / name).unlink(missing_ok=True)
+    elif (run_dir / CHECKPOINT_DIR).is_dir() and any((run_dir / CHECKPOINT_DIR).iterdir()) and not force:
+        raise RunDirConflict(f"{run_dir} holds checkpoints but no {CONFIG_FILE}; refusing to mix runs "
+                             "(use --force to delete them)")
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if force:
+            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+        _write_json(run_dir / CONFIG_FILE, resolved)
+    return False
+
+
+def write_result(run_dir: str | Path, result: dict) -> None:
+    _write_json(Path(run_dir) / RESULT_FILE, result)
