@@ -1,0 +1,119 @@
+"""The held-out documents of an activation store and their token windows, without grain.
+
+`jaxdict.data` imports grain (its loader), which the evaluator must not (DESIGN §2); the split is
+re-derived here by the same doc-id hash as `jaxdict.data.split` (a test checks they agree).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+SPLITS = ("train", "eval", "all")
+
+
+def doc_unit_hash(doc_ids: np.ndarray) -> np.ndarray:
+    """splitmix64 of each doc id as float64 in [0, 1) — the hash of jaxdict.data.split."""
+    z = np.asarray(doc_ids).astype(np.int64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def in_split(doc_ids: np.ndarray, split: str, eval_fraction: float) -> np.ndarray:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not 0.0 <= eval_fraction <= 1.0:
+        raise ValueError(f"eval_fraction must be in [0, 1], got {eval_fraction!r}")
+    if split == "all":
+        return np.ones(len(doc_ids), bool)
+    held_out = doc_unit_hash(doc_ids) < eval_fraction
+    return held_out if split == "eval" else ~held_out
+
+
+def split_ranges(store, split: str, eval_fraction: float, max_rows: int | None = None
+                 ) -> list[tuple[int, int]]:
+    """[start, stop) row ranges of `store` in `split`, in row order, at most `max_rows` rows."""
+    out: list[tuple[int, int]] = []
+    total = 0
+    for shard in store.shards:
+        if max_rows is not None and total >= max_rows:
+            break
+        doc_ids = store.read_column("doc_ids", shard.start, shard.start + shard.rows)
+        keep = in_split(doc_ids, split, eval_fraction).astype(np.int8)
+        edges = np.diff(np.concatenate([[0], keep, [0]]))
+        for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
+            a, b = int(a) + shard.start, int(b) + shard.start
+            if max_rows is not None:
+                b = min(b, a + max_rows - total)
+            if b > a:
+                out.append((a, b))
+                total += b - a
+            if max_rows is not None and total >= max_rows:
+                break
+    return out
+
+
+def iter_activation_batches(store, ranges: list[tuple[int, int]], batch_rows: int) -> Iterator[np.ndarray]:
+    """Activations of `ranges` in batches of at most `batch_rows` rows."""
+    for a, b in ranges:
+        for s in range(a, b, batch_rows):
+            yield store.read(s, min(b, s + batch_rows))
+
+
+def read_meta_ranges(store, ranges: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+    parts = [store.read_meta(a, b) for a, b in ranges]
+    if not parts:
+        return {"token_ids": np.zeros(0, np.int32), "doc_ids": np.zeros(0, np.int64),
+                "positions": np.zeros(0, np.int32)}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def window_starts(doc_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """bool [n]: rows that begin a harvest window (position 1, a new document, or a gap)."""
+    n = len(positions)
+    start = np.ones(n, bool)
+    if n > 1:
+        contiguous = (doc_ids[1:] == doc_ids[:-1]) & (positions[1:] == positions[:-1] + 1)
+        start[1:] = ~contiguous
+    return start
+
+
+def windows_from_rows(token_ids: np.ndarray, doc_ids: np.ndarray, positions: np.ndarray,
+                      bos_id: int, max_tokens: int | None = None) -> list[list[int]]:
+    """The harvest's model inputs, rebuilt: [BOS, tokens...] per window, whole windows only.
+
+    The harvester writes each window's tokens at positions 1.. (BOS at 0 is not stored). Windows
+    cut by the row range (not starting at position 1) are dropped so that the LM sees exactly the
+    contexts that produced the stored activations. `max_tokens` caps the total (whole windows).
+    """
+    starts = np.flatnonzero(window_starts(doc_ids, positions))
+    bounds = list(starts) + [len(token_ids)]
+    out: list[list[int]] = []
+    total = 0
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if positions[a] != 1:
+            continue
+        if max_tokens is not None and total + (b - a) > max_tokens and out:
+            break
+        out.append([int(bos_id), *(int(t) for t in token_ids[a:b])])
+        total += b - a
+    return out
+
+
+def windows_from_text(documents: Iterator[str], tokenizer, context: int, max_tokens: int) -> list[list[int]]:
+    """[BOS, up to context-1 tokens] windows cut from documents (as the harvester cuts them)."""
+    step = context - 1
+    out: list[list[int]] = []
+    total = 0
+    for text in documents:
+        ids = tokenizer.encode(text, add_bos=False)
+        for i in range(0, len(ids), step):
+            chunk = ids[i:i + step]
+            if total >= max_tokens:
+                return out
+            chunk = chunk[: max_tokens - total]
+            out.append([tokenizer.bos_id, *chunk])
+            total += len(chunk)
+    return out
