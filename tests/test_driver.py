@@ -36,12 +36,7 @@ def tiny(name="r", steps=20, arch="relu_l1", mesh=(2, 4), **run) -> RunConfig:
 
 def params_of(run_dir, step=None):
     """The saved params item as numpy (what the evaluator reads)."""
-    mgr = ckpt.make_manager(run_dir, async_save=False)
-    step = ckpt.latest_step(run_dir) if step is None else step
-    out = mgr.restore(step, args=__import__("orbax.checkpoint").checkpoint.args.Composite(
-        params=__import__("orbax.checkpoint").checkpoint.args.StandardRestore()))
-    mgr.close()
-    return {k: np.asarray(v) for k, v in out.params.items()}
+    return ckpt.load_params(run_dir, step)
 
 
 class Crash(Exception):

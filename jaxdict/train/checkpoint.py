@@ -151,3 +151,21 @@ def restore_onto_mesh(
         return restore(manager, step, abstract_state, to_shardings(mesh, specs))
     finally:
         manager.close()
+
+
+def load_params(run_dir: str | Path, step: int | None = None) -> dict[str, Any]:
+    """The `params` item of a checkpoint as host numpy arrays, whatever mesh or process count
+    wrote it (no target shardings, no optax): {"W_enc","b_enc","W_dec","b_dec",["threshold"],
+    "input_scale"}, as trained on normalised inputs."""
+    import numpy as np
+
+    step = latest_step(run_dir) if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{run_dir} holds no finished checkpoint under {CHECKPOINT_DIR}/")
+    path = (checkpoint_dir(run_dir) / str(step) / "params").absolute()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{run_dir}: checkpoint step {step} has no params item ({path})")
+    checkpointer = ocp.PyTreeCheckpointer()
+    tree = checkpointer.metadata(path).item_metadata.tree
+    numpy_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=numpy_args))
