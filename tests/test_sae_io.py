@@ -207,7 +207,8 @@ def test_evaluator_imports_no_training_code():
     code = ("import sys, jaxdict, jaxdict.sae.io, jaxdict.sae.inference, jaxdict.evaluate.metrics, "
             "jaxdict.evaluate.spliced, jaxdict.evaluate.heldout, jaxdict.evaluate.report, "
             "jaxdict.evaluate.explorer, jaxdict.evaluate.dashboard, jaxdict.evaluate.feature_pages, "
-            "jaxdict.commands.eval, jaxdict.commands.features\n"
+            "jaxdict.evaluate.steering, jaxdict.evaluate.steering_report, jaxdict.commands.eval, "
+            "jaxdict.commands.features, jaxdict.commands.steer, jaxdict.commands.export\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('optax', 'grain') "
             "or m.startswith('jaxdict.train') or m.startswith('jaxdict.data'))\n"
             "print(bad); assert not bad, bad")

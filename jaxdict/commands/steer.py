@@ -1,0 +1,77 @@
+"""`jaxdict steer RUN --feature I --strength 0 5 10 -5 --prompt "..." --out DIR`: clamp features
+while the LM generates, keep the SAE error term, and measure the effect. Writes steer.json,
+steer.txt and steer.html."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="training run folder, exported SAELens folder or Gemma Scope params.npz")
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--feature", type=int, action="append", required=True,
+                        help="feature index to clamp (repeat for several)")
+    parser.add_argument("--strength", type=float, nargs="+", default=[0.0, 5.0, 10.0, -5.0],
+                        help="clamp to c × max activation for each c (default: 0 5 10 -5; 0 ablates)")
+    parser.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable)")
+    parser.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate (default 40)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed when temperature > 0")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--max-activations", default=None,
+                        help="max_activations.npy or the output folder of `jaxdict features` "
+                             "(default: the one stored with the SAE, if any)")
+    parser.add_argument("--model", default=None, help="language model (default: the SAE's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"jaxdict steer: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import jaxdict.lm
+    from jaxdict.evaluate.steering import check_prompt, steer_prompt
+    from jaxdict.evaluate.steering_report import steering_html, steering_table
+    from jaxdict.sae.io import load_sae
+
+    sae = load_sae(args.run, args.step)
+    for i in args.feature:
+        sae.check_feature(i)
+    if args.max_activations is not None:
+        path = Path(args.max_activations)
+        if path.is_dir():
+            path = path / "max_activations.npy"
+        if not path.is_file():
+            raise FileNotFoundError(f"no max activations at {path} (run `jaxdict features RUN --out DIR` first)")
+        sae = sae.with_max_activations(np.load(path))
+    if sae.max_activations is None:
+        raise ValueError("no max activations known for this SAE: run `jaxdict features RUN --out DIR` and "
+                         "pass --max-activations DIR")
+    model = args.model or sae.model
+    if model is None:
+        raise ValueError("the SAE does not name its model; pass --model")
+    sae.check_compatible(model, None, "--model")
+    lm = jaxdict.lm.load(model)
+    for p in args.prompt:  # refuse bad prompts before any generation
+        check_prompt(lm, lm.tokenizer.encode(p), args.max_new_tokens)
+    results = [steer_prompt(lm, sae, p, args.feature, args.strength, args.max_new_tokens,
+                            args.temperature, args.seed) for p in args.prompt]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "steer.json").write_text(json.dumps(results, indent=1))
+    table = steering_table(results)
+    (out / "steer.txt").write_text(table + "\n")
+    title = f"steering {Path(args.run).name}: features {args.feature} at {sae.hook}"
+    (out / "steer.html").write_text(steering_html(results, title), encoding="utf-8")
+    print(table)
+    print(f"wrote {out / 'steer.json'}, {out / 'steer.txt'}, {out / 'steer.html'}")
+    return 0

@@ -1,0 +1,123 @@
+"""Feature steering (Templeton et al. 2024, "Scaling Monosemanticity", feature steering).
+
+At the SAE's hook, x = SAE(x) + err(x). Steering replaces SAE(x) by the reconstruction with the
+chosen features clamped to c · max_i (max_i: the feature's largest activation on the corpus
+sample) and keeps err(x), at every position — prompt (BOS included) and generated tokens alike:
+
+    x' = decode(f with f_i := c·max_i) + (x − decode(f)) = x + Σ_i (c·max_i − f_i) · W_dec,i
+
+The right-hand form is the same for a linear decoder and returns x exactly when the clamp equals
+the current value (no round-off from decoding twice).
+
+Effects, measured against the unsteered (baseline) continuation of each prompt:
+  kl          mean KL(p_baseline ‖ p_steered) of the next-token distributions along the baseline
+              text (teacher-forced), over the positions that predict the continuation;
+  dlogp       mean change of log Σ_{t ∈ promoted} p(t) at those positions, `promoted` being the
+              tokens the features' decoder directions promote most through the unembedding;
+  readback    the features' mean activation when the generated text is read back without steering.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdict.evaluate.explorer import logit_effects
+from jaxdict.sae.config import SAEConfig
+from jaxdict.sae.inference import SAE, encode_raw
+
+
+@functools.lru_cache(maxsize=None)
+def clamp_edit(cfg: SAEConfig):
+    """fn(x, (params, idx [n] int32, values [n] float32)) -> x with features idx clamped to values.
+
+    One function object per SAE config, so the LM compiles each edit shape once.
+    """
+
+    def clamp(x: jax.Array, args: Any) -> jax.Array:
+        params, idx, values = args
+        f = encode_raw(params, x, cfg)
+        current = jnp.take(f, idx, axis=-1)  # [..., n]
+        rows = jnp.take(params.W_dec, idx, axis=0)  # [n, d]
+        delta = jnp.einsum("...n,nd->...d", values - current, rows)
+        return (x.astype(jnp.float32) + delta).astype(x.dtype)
+
+    return clamp
+
+
+def steering_edit(sae: SAE, features: Sequence[int], values: Sequence[float]) -> dict[str, Any]:
+    """The LM `edits` mapping that clamps `features` to absolute `values` at the SAE's hook."""
+    if sae.hook is None:
+        raise ValueError("the SAE records no hook; load it with hook='resid_post.L'")
+    idx = jnp.asarray([sae.check_feature(i) for i in features], jnp.int32)
+    vals = jnp.asarray(np.asarray(values, np.float32).reshape(-1))
+    if vals.shape != idx.shape:
+        raise ValueError(f"{len(features)} features but {vals.shape[0]} clamp values")
+    return {sae.hook: (clamp_edit(sae.cfg), (sae.params, idx, vals))}
+
+
+@jax.jit
+def _compare(base_logits, steered_logits, positions, promoted):
+    lp_b = jax.nn.log_softmax(base_logits[0].astype(jnp.float32), axis=-1)[positions]
+    lp_s = jax.nn.log_softmax(steered_logits[0].astype(jnp.float32), axis=-1)[positions]
+    kl = jnp.sum(jnp.exp(lp_b) * (lp_b - lp_s), axis=-1)
+    mass_b = jax.nn.logsumexp(lp_b[:, promoted], axis=-1)
+    mass_s = jax.nn.logsumexp(lp_s[:, promoted], axis=-1)
+    return jnp.mean(kl), jnp.mean(mass_s - mass_b)
+
+
+def _readback(lm, sae: SAE, ids: list[int], start: int, features: Sequence[int]) -> list[float]:
+    """Mean activation of each feature over tokens ids[start:] when the text is read unsteered."""
+    if len(ids) <= start:
+        return [0.0 for _ in features]
+    acts = lm.activations(jnp.asarray([ids], jnp.int32), sae.hook)[0, start:]
+    f = np.asarray(sae.encode(acts))
+    return [float(f[:, i].mean()) for i in features]
+
+
+def check_prompt(lm, ids: Sequence[int], max_new_tokens: int) -> None:
+    total = len(ids) + max_new_tokens
+    if total > lm.config.max_context:
+        raise ValueError(f"prompt of {len(ids)} tokens + {max_new_tokens} new tokens = {total} exceeds "
+                         f"the context length {lm.config.max_context}; shorten the prompt or --max-new-tokens")
+
+
+def steer_prompt(lm, sae: SAE, prompt: str, features: Sequence[int], strengths: Sequence[float],
+                 max_new_tokens: int = 40, temperature: float = 0.0, seed: int = 0, n_promoted: int = 10
+                 ) -> dict[str, Any]:
+    """Baseline and steered continuations of one prompt for every strength c, with their effects."""
+    if sae.max_activations is None:
+        raise ValueError("the SAE has no max activations; run `jaxdict features` and pass its "
+                         "max_activations.npy (steering clamps to c × max activation)")
+    features = [sae.check_feature(i) for i in features]
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    sae.check_compatible(lm.name, None, "language model")
+    ids = lm.tokenizer.encode(prompt)
+    check_prompt(lm, ids, max_new_tokens)
+    tok = lm.tokenizer
+    promoted_ids = np.unique(logit_effects(sae, lm, features, n_promoted)[0].reshape(-1))
+    baseline = lm.generate(ids, max_new_tokens, temperature=temperature, seed=seed)
+    base_seq = jnp.asarray([ids + baseline], jnp.int32)
+    base_logits = lm.logits(base_seq)
+    # Positions len(ids)-1 .. end-1 predict the continuation tokens.
+    positions = jnp.arange(len(ids) - 1, len(ids) + len(baseline) - 1)
+    maxes = np.asarray(sae.max_activations, np.float32)[features]
+    runs = []
+    for c in strengths:
+        values = np.float32(c) * maxes
+        edit = steering_edit(sae, features, values)
+        new = lm.generate(ids, max_new_tokens, temperature=temperature, seed=seed, edits=edit)
+        kl, dlogp = jax.device_get(_compare(base_logits, lm.logits(base_seq, edits=edit), positions,
+                                            jnp.asarray(promoted_ids, jnp.int32)))
+        runs.append({"strength": float(c), "clamp_values": [float(v) for v in values],
+                     "text": tok.decode(new), "ids": new, "kl": float(kl), "dlogp_promoted": float(dlogp),
+                     "readback": _readback(lm, sae, ids + new, len(ids), features)})
+    return {"prompt": prompt, "features": features, "max_activations": [float(m) for m in maxes],
+            "promoted_tokens": [tok.id_to_piece(int(t)) for t in promoted_ids],
+            "baseline": {"text": tok.decode(baseline), "ids": baseline,
+                         "readback": _readback(lm, sae, ids + baseline, len(ids), features)},
+            "steered": runs}
