@@ -127,6 +127,7 @@ def _identity(x, args):
     return x
 
 
+@pytest.mark.slow
 def test_identity_splice_gives_zero_delta_ce_and_kl():
     lm = gemma()
     windows = corpus_windows(3)
@@ -140,6 +141,7 @@ def test_identity_splice_gives_zero_delta_ce_and_kl():
     assert r["n_loss_tokens"] == sum(len(w) - 2 for w in windows)
 
 
+@pytest.mark.slow
 def test_sae_splice_metrics_are_consistent():
     lm = gemma()
     cfg = SAEConfig(arch="relu_l1", d_in=640, n_features=256)
@@ -196,3 +198,23 @@ def test_eval_cli_refuses_store_of_another_hook(tmp_path, gemma_run, capsys):
     assert rc == 1 and "trained on hook 'resid_post.3'" in err and "'resid_post.1'" in err
     rc = main(["eval", str(gemma_run), "--step", "99", "--out", str(tmp_path / "o"), "--no-progress"])
     assert rc == 1 and "step 99 was never saved" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_cli_on_corpus_text_without_store(tmp_path, gemma_run, monkeypatch, capsys):
+    import sysconfig
+    from pathlib import Path
+
+    import jaxdict.lm
+    from jaxdict.cli import main
+
+    monkeypatch.setattr(jaxdict.lm, "load", lambda name: gemma())
+    text = Path(sysconfig.get_paths()["stdlib"]) / "json" / "__init__.py"
+    out = tmp_path / "eval"
+    rc = main(["eval", str(gemma_run), "--store", str(tmp_path / "missing"), "--corpus", str(text),
+               "--tokens", "90", "--text-tokens", "40", "--context", "33", "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    r = json.loads((out / "eval.json").read_text())
+    assert r["n_tokens"] == 90 and r["n_text_tokens"] == 40
+    assert r["activations_source"].startswith("LM activations of corpus")
+    assert 0 < r["fvu"] < 2 and np.isfinite(r["kl"]) and r["ce_zero_ablation"] > r["ce_clean"]

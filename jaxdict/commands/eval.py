@@ -23,10 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-tokens", type=int, default=2048,
                         help="text tokens run through the LM for delta_ce/kl (default 2048; 0 skips the LM)")
     parser.add_argument("--corpus", default=None,
-                        help="text for the spliced evaluation instead of the store's held-out documents: "
+                        help="evaluate on this text instead of the store (activations computed by the LM): "
                              "'default', a file or a folder (.txt/.jsonl/.parquet)")
     parser.add_argument("--context", type=int, default=None,
-                        help="window length with BOS for --corpus text (default: the store's, else 128)")
+                        help="window length with BOS for --corpus text (default 128)")
     parser.add_argument("--model", default=None, help="language model (default: the one the SAE was trained on)")
     parser.add_argument("--batch-size", type=int, default=2, help="LM windows per forward pass (default 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -42,63 +42,31 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
-    from tqdm import tqdm
 
-    from jaxdict.evaluate import heldout, report
-    from jaxdict.evaluate.metrics import ActivationMetrics
+    from jaxdict.evaluate import report
     from jaxdict.sae.io import load_sae
-    from jaxdict.store import open_store
 
     for name in ("tokens", "text_tokens", "batch_size"):
-        if getattr(args, name) < (1 if name == "batch_size" else 0):
-            raise ValueError(f"--{name.replace('_', '-')} = {getattr(args, name)} must be >= "
-                             f"{1 if name == 'batch_size' else 0}")
+        low = 1 if name in ("batch_size", "tokens") else 0
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name.replace('_', '-')} = {getattr(args, name)} must be >= {low}")
     sae = load_sae(args.run, args.step)
-    store_path = args.store or sae.extra.get("store")
-    if store_path is None:
-        raise ValueError(f"{args.run} records no activation store; pass --store PATH")
-    store = open_store(store_path)
-    meta = store.metadata
-    sae.check_compatible(meta.get("model"), meta.get("hook"), f"store {store_path}")
-    if store.d_in != sae.d_in:
-        raise ValueError(f"store {store_path} holds d_in={store.d_in} activations; the SAE takes d_in={sae.d_in}")
-    ranges = heldout.split_ranges(store, args.split, args.eval_fraction, max_rows=args.tokens)
-    n_rows = sum(b - a for a, b in ranges)
-    if n_rows == 0:
-        raise ValueError(f"store {store_path} has no rows in split {args.split!r} with eval_fraction="
-                         f"{args.eval_fraction}; try --split all or a larger --eval-fraction")
-    acc = ActivationMetrics(sae)
-    bar = tqdm(total=n_rows, unit="tok", unit_scale=True, desc="activations", disable=args.no_progress)
-    for x in heldout.iter_activation_batches(store, ranges, 4096):
-        acc.update(x)
-        bar.update(len(x))
-    bar.close()
-    result: dict = {"run": str(args.run), "step": sae.step, "model": sae.model, "hook": sae.hook,
-                    "store": str(store_path), "split": args.split, "eval_fraction": args.eval_fraction}
+    result: dict = {"run": str(args.run), "step": sae.step, "model": sae.model, "hook": sae.hook}
+    lm = None
+    if args.corpus is None:
+        acc, windows_fn, store_meta = _from_store(args, sae, result)
+    else:
+        lm = _load_lm(args, sae, {})
+        acc, windows_fn, store_meta = _from_corpus(args, sae, result, lm)
     result.update(acc.result())
 
     if args.text_tokens > 0:
-        import jaxdict.lm
+        from tqdm import tqdm
+
         from jaxdict.evaluate.spliced import sae_splice_metrics
 
-        model = args.model or sae.model or meta.get("model")
-        if model is None:
-            raise ValueError("neither the SAE nor the store names its model; pass --model")
-        sae.check_compatible(model, None, "--model")
-        lm = jaxdict.lm.load(model)
-        if args.corpus is not None:
-            from jaxdict.corpus import open_corpus
-
-            context = args.context or int(meta.get("context_length", 128))
-            docs = (d.text for d in open_corpus(args.corpus).documents())
-            windows = heldout.windows_from_text(docs, lm.tokenizer, context, args.text_tokens)
-            result["text_source"] = f"corpus {args.corpus}"
-        else:
-            meta_rows = heldout.read_meta_ranges(store, heldout.split_ranges(
-                store, args.split, args.eval_fraction, max_rows=max(args.text_tokens * 4, args.text_tokens + 4096)))
-            windows = heldout.windows_from_rows(meta_rows["token_ids"], meta_rows["doc_ids"],
-                                                meta_rows["positions"], lm.tokenizer.bos_id, args.text_tokens)
-            result["text_source"] = f"store {store_path} split {args.split}"
+        lm = lm or _load_lm(args, sae, store_meta)
+        windows = windows_fn(lm)
         if not windows:
             raise ValueError("no whole text windows found for the spliced evaluation; use --corpus")
         bar = tqdm(total=sum(len(w) for w in windows), unit="tok", desc="spliced LM", disable=args.no_progress)
@@ -116,3 +84,101 @@ def _run(args: argparse.Namespace) -> int:
     print(table)
     print(f"wrote {out / 'eval.json'}, {out / 'eval.txt'}, {out / 'density.png'}")
     return 0
+
+
+def _load_lm(args, sae, store_meta: dict):
+    import jaxdict.lm
+
+    model = args.model or sae.model or store_meta.get("model")
+    if model is None:
+        raise ValueError("neither the SAE nor the store names its model; pass --model")
+    sae.check_compatible(model, None, "--model")
+    return jaxdict.lm.load(model)
+
+
+def _from_store(args, sae, result: dict):
+    """Metrics over the store's split; text windows rebuilt from the same split's token ids."""
+    from tqdm import tqdm
+
+    from jaxdict.evaluate import heldout
+    from jaxdict.evaluate.metrics import ActivationMetrics
+    from jaxdict.store import open_store
+
+    store_path = args.store or sae.extra.get("store")
+    if store_path is None:
+        raise ValueError(f"{args.run} records no activation store; pass --store PATH (or --corpus TEXT)")
+    store = open_store(store_path)
+    meta = store.metadata
+    sae.check_compatible(meta.get("model"), meta.get("hook"), f"store {store_path}")
+    if store.d_in != sae.d_in:
+        raise ValueError(f"store {store_path} holds d_in={store.d_in} activations; the SAE takes d_in={sae.d_in}")
+    ranges = heldout.split_ranges(store, args.split, args.eval_fraction, max_rows=args.tokens)
+    n_rows = sum(b - a for a, b in ranges)
+    if n_rows == 0:
+        raise ValueError(f"store {store_path} has no rows in split {args.split!r} with eval_fraction="
+                         f"{args.eval_fraction}; try --split all, a larger --eval-fraction, or --corpus")
+    acc = ActivationMetrics(sae)
+    bar = tqdm(total=n_rows, unit="tok", unit_scale=True, desc="activations", disable=args.no_progress)
+    for x in heldout.iter_activation_batches(store, ranges, 4096):
+        acc.update(x)
+        bar.update(len(x))
+    bar.close()
+    result.update({"activations_source": f"store {store_path} split {args.split}", "store": str(store_path),
+                   "split": args.split, "eval_fraction": args.eval_fraction})
+
+    def windows_fn(lm):
+        rows = heldout.split_ranges(store, args.split, args.eval_fraction,
+                                    max_rows=max(args.text_tokens * 4, args.text_tokens + 4096))
+        m = heldout.read_meta_ranges(store, rows)
+        result["text_source"] = f"store {store_path} split {args.split}"
+        return heldout.windows_from_rows(m["token_ids"], m["doc_ids"], m["positions"], lm.tokenizer.bos_id,
+                                         args.text_tokens)
+
+    return acc, windows_fn, meta
+
+
+def _from_corpus(args, sae, result: dict, lm):
+    """Metrics over LM activations of corpus text (no store needed), and the same text spliced."""
+    import jax.numpy as jnp
+    import numpy as np
+    from tqdm import tqdm
+
+    from jaxdict.corpus import open_corpus
+    from jaxdict.evaluate import heldout
+    from jaxdict.evaluate.metrics import ActivationMetrics
+    from jaxdict.evaluate.spliced import pad_windows
+
+    if sae.hook is None:
+        raise ValueError("the SAE records no hook; give an SAE that does (export --hook) to use --corpus")
+    context = args.context or 128
+    docs = (d.text for d in open_corpus(args.corpus).documents())
+    windows = heldout.windows_from_text(docs, lm.tokenizer, context, max(args.tokens, args.text_tokens))
+    acc = ActivationMetrics(sae)
+    bar = tqdm(total=sum(len(w) - 1 for w in windows), unit="tok", desc="activations", disable=args.no_progress)
+    n = 0
+    for b in range(0, len(windows), 8):
+        if n >= args.tokens:
+            break
+        ids, mask = pad_windows(windows[b:b + 8], lm.tokenizer.pad_id)
+        acts = np.asarray(lm.activations(jnp.asarray(ids), sae.hook, jnp.asarray(mask)))
+        keep = mask.copy()
+        keep[:, 0] = False  # BOS is not an activation the SAE was trained on
+        x = acts[keep][: args.tokens - n]
+        acc.update(x)
+        n += len(x)
+        bar.update(len(x))
+    bar.close()
+    result.update({"activations_source": f"LM activations of corpus {args.corpus}", "context": context})
+
+    def windows_fn(_lm):
+        result["text_source"] = f"corpus {args.corpus}"
+        out, total = [], 0
+        for w in windows:
+            if total >= args.text_tokens:
+                break
+            w = w[: 1 + args.text_tokens - total]
+            out.append(w)
+            total += len(w) - 1
+        return out
+
+    return acc, windows_fn, {"model": sae.model}
