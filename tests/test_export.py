@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import numpy as np
 
 from jaxdict.cli import main
@@ -37,3 +39,36 @@ def test_export_and_import_cli(tmp_path, capsys):
     assert main(["export", str(run), "--import", str(npz), "--out", str(tmp_path / "x")]) == 2
     assert main(["export", str(run), "--step", "4", "--out", str(tmp_path / "x")]) == 1
     assert "step 4 was never saved" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_loads_in_saelens(tmp_path):
+    """Where SAELens is installed (not a dependency), it loads our export and agrees on encode/decode."""
+    sae_lens = pytest.importorskip("sae_lens")
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from jaxdict.sae.inference import SAE
+    from jaxdict.sae.io import export_saelens
+    from jaxdict.sae.params import init_params
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 16)).astype(np.float32)
+    for arch, lens_class in [("relu_l1", "StandardSAE"), ("topk", "TopKSAE"), ("jumprelu", "JumpReLUSAE"),
+                             ("batchtopk", "JumpReLUSAE")]:
+        cfg = SAEConfig(arch=arch, d_in=16, n_features=40, k=5)
+        p = init_params(cfg, jax.random.PRNGKey(0))
+        p = p.replace(b_enc=jnp.asarray(rng.normal(size=40) * 0.1, jnp.float32),
+                      b_dec=jnp.asarray(rng.normal(size=16), jnp.float32))
+        if p.threshold is not None:
+            p = p.replace(threshold=jnp.full((40,), 0.2, jnp.float32))
+        sae = SAE(cfg=cfg, params=p, model="gemma3-270m", hook="resid_post.9")
+        lens = sae_lens.SAE.load_from_disk(str(export_saelens(sae, tmp_path / arch)), device="cpu")
+        assert type(lens).__name__ == lens_class
+        assert lens.cfg.metadata.hook_name == "blocks.9.hook_resid_post"
+        f = np.asarray(sae.encode(x))
+        assert (f > 0).any()
+        np.testing.assert_allclose(lens.encode(torch.from_numpy(x)).detach().numpy(), f, atol=1e-5)
+        np.testing.assert_allclose(lens.decode(torch.from_numpy(f)).detach().numpy(), np.asarray(sae.decode(f)),
+                                   atol=1e-5)
