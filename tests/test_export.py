@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import numpy as np
+import pytest
 
 from jaxdict.cli import main
 from jaxdict.sae.config import SAEConfig
