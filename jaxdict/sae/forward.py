@@ -55,6 +55,11 @@ def effective_encoder_bias(params: SAEParams, cfg: SAEConfig) -> Float[Array, " 
     return params.b_enc - params.b_dec @ params.W_enc
 
 
+def encoder_input(params: SAEParams, x: Float[Array, "B d"], cfg: SAEConfig) -> Float[Array, "B d"]:
+    x_in = x.astype(jnp.float32)
+    return x_in - params.b_dec if uses_pre_encoder_bias(cfg) else x_in
+
+
 def pre_activations(params: SAEParams, x: Float[Array, "B d"], cfg: SAEConfig, mesh: Mesh | None = None):
     cdt = jnp.dtype(cfg.compute_dtype)
     z = jnp.dot(x.astype(cdt), params.W_enc.astype(cdt), preferred_element_type=jnp.float32)
@@ -81,7 +86,7 @@ def forward(
         return _dense_output(params, z, f, cfg, zero)
     if cfg.arch == "batchtopk":
         n_keep = x.shape[0] * cfg.k
-        cutoff = jax.lax.stop_gradient(sharded_ops.global_kth_largest(z, n_keep, mesh))
+        cutoff = sharded_ops.global_kth_largest(jax.lax.stop_gradient(z), n_keep, mesh)
         f = jnp.where((z >= cutoff) & (z > 0), z, jnp.zeros_like(z))
         return _dense_output(params, z, f, cfg, jnp.maximum(cutoff, 0.0))
     # TopK: indices from the dense pre-activations, no gradient through the selection.
@@ -90,10 +95,12 @@ def forward(
         kth = values[:, -1:]
         f = jnp.where((z >= kth) & (z > 0), z, jnp.zeros_like(z))
         return _dense_output(params, z, f, cfg, zero)
-    x_in = x.astype(jnp.float32)
-    if uses_pre_encoder_bias(cfg):
-        x_in = x_in - params.b_dec
-    selected = sharded_ops.sharded_gather_preacts(x_in, params.W_enc, params.b_enc, indices, mesh)
+    x_in = encoder_input(params, x, cfg)
+    # The dense z above carries no gradient on this path; gather_preacts re-attaches the gradient
+    # to W_enc / b_enc / x through a sparse backward pass.
+    selected = sharded_ops.sharded_gather_preacts(
+        x_in, params.W_enc, params.b_enc, indices, jax.lax.stop_gradient(z), mesh
+    )
     top_values = jax.nn.relu(selected)
     x_hat = sharded_ops.sharded_sparse_decode(top_values, indices, params.W_dec, mesh) + params.b_dec
     active = top_values > 0
@@ -103,7 +110,9 @@ def forward(
     counts = _constrain(counts, mesh, P(sharded_ops.MODEL))
     return ForwardOutput(
         x_hat=x_hat,
-        pre_acts=z,
+        # No gradient through the dense z on this path: its backward would be a dense B×d×F
+        # matmul. AuxK re-attaches gradients through the same sparse gather (losses.py).
+        pre_acts=jax.lax.stop_gradient(z),
         latents=None,
         top_values=top_values,
         top_indices=indices,

@@ -12,7 +12,7 @@ from jaxtyping import Array, Bool, Float
 
 from jaxdict.sae import sharded_ops
 from jaxdict.sae.config import SAEConfig
-from jaxdict.sae.forward import ForwardOutput, dense_decode, forward
+from jaxdict.sae.forward import ForwardOutput, dense_decode, encoder_input, forward
 from jaxdict.sae.jumprelu import heaviside_step
 from jaxdict.sae.params import SAEParams, decoder_row_norms
 
@@ -38,10 +38,19 @@ def aux_k_loss(
     def with_dead(_):
         residual = jax.lax.stop_gradient(x.astype(jnp.float32) - out.x_hat)
         z_dead = jnp.where(dead[None, :], out.pre_acts, -jnp.inf)
-        values, _ = sharded_ops.global_topk(jax.lax.stop_gradient(z_dead), cfg.effective_aux_k, mesh)
-        kth = values[:, -1:]
-        f_aux = jnp.where(dead[None, :] & (z_dead >= kth) & (out.pre_acts > 0), out.pre_acts, 0.0)
-        residual_hat = dense_decode(params, f_aux, cfg) - params.b_dec
+        values, indices = sharded_ops.global_topk(jax.lax.stop_gradient(z_dead), cfg.effective_aux_k, mesh)
+        if out.latents is None:
+            # Sparse path: gradients reach only the k_aux selected latents, as in the main loss.
+            selected = sharded_ops.sharded_gather_preacts(
+                encoder_input(params, x, cfg), params.W_enc, params.b_enc, indices, out.pre_acts, mesh
+            )
+            usable = jnp.isfinite(values) & (selected > 0)
+            aux_values = jnp.where(usable, selected, jnp.zeros_like(selected))
+            residual_hat = sharded_ops.sharded_sparse_decode(aux_values, indices, params.W_dec, mesh)
+        else:
+            kth = values[:, -1:]
+            f_aux = jnp.where(dead[None, :] & (z_dead >= kth) & (out.pre_acts > 0), out.pre_acts, 0.0)
+            residual_hat = dense_decode(params, f_aux, cfg) - params.b_dec
         err = jnp.sum(jnp.square(residual - residual_hat))
         baseline = jnp.sum(jnp.square(residual - jnp.mean(residual, axis=0, keepdims=True)))
         return err / jnp.maximum(baseline, 1e-12)

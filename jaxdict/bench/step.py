@@ -1,0 +1,128 @@
+"""Train-step throughput for every architecture: tokens/s, FLOP/s, and the machine's matmul peak.
+
+FLOP model (DESIGN.md §7), with the decoder bias folded into the encoder bias:
+  dense step (ReLU-L1, JumpReLU, BatchTopK, dense TopK): 10·B·d·F
+    forward: encoder 2·B·d·F + decoder 2·B·d·F; backward: dW_dec, df, dW_enc at 2·B·d·F each
+  sparse TopK step: 2·B·d·F (dense encoder forward) + 8·B·k·d (gathered pre-activations and
+    decoder forward, and their two backward scatters)
+The peak is a plain jitted [B, d] @ [d, F] matmul measured in the same run, so ratios are taken side
+by side on a shared, noisy machine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdict.sae.config import SAEConfig
+from jaxdict.train.mesh import make_mesh
+from jaxdict.train.optim import OptimConfig
+from jaxdict.train.state import create_state
+from jaxdict.train.step import TrainStep
+
+
+def step_flops(cfg: SAEConfig, batch_size: int) -> float:
+    b, d, f = batch_size, cfg.d_in, cfg.n_features
+    if cfg.uses_sparse_decode:
+        return 2.0 * b * d * f + 8.0 * b * cfg.k * d
+    return 10.0 * b * d * f
+
+
+def _time_calls(fn, warmup: int, iters: int) -> list[float]:
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure_matmul_peak(batch_size: int, d_in: int, n_features: int, dtype: str = "float32",
+                        warmup: int = 2, iters: int = 5) -> dict[str, float]:
+    """FLOP/s of one [B, d] @ [d, F] matmul: the practical ceiling of an SAE step on this machine."""
+    a = jnp.ones((batch_size, d_in), dtype)
+    w = jnp.ones((d_in, n_features), dtype)
+    matmul = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+    times = _time_calls(lambda: matmul(a, w), warmup, iters)
+    best = min(times)
+    return {"matmul_s": best, "matmul_flops_per_s": 2.0 * batch_size * d_in * n_features / best}
+
+
+def measure_step(cfg: SAEConfig, batch_size: int, mesh_shape: tuple[int, int] = (1, 1),
+                 warmup: int = 2, iters: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Median and best wall time of the compiled step on random data (after warm-up)."""
+    optim = OptimConfig(lr=1e-4, total_steps=10_000)
+    n_devices = mesh_shape[0] * mesh_shape[1]
+    mesh = make_mesh(*mesh_shape, devices=jax.devices()[:n_devices])
+    state, shardings = create_state(cfg, optim, mesh, seed=seed)
+    step = TrainStep(cfg, optim, mesh, shardings, batch_size)
+    rng = np.random.default_rng(seed)
+    batch = jax.device_put(rng.standard_normal((batch_size, cfg.d_in), dtype=np.float32), step.batch_sharding)
+    holder = {"state": state}
+
+    def one():
+        holder["state"], metrics = step(holder["state"], batch)
+        return metrics
+
+    compile_start = time.perf_counter()
+    jax.block_until_ready(one())
+    compile_s = time.perf_counter() - compile_start
+    times = _time_calls(one, max(warmup - 1, 0), iters)
+    median, best = float(np.median(times)), float(min(times))
+    flops = step_flops(cfg, batch_size)
+    return {
+        "arch": cfg.arch,
+        "decode": "sparse" if cfg.uses_sparse_decode else "dense",
+        "compute_dtype": cfg.compute_dtype,
+        "d_in": cfg.d_in,
+        "n_features": cfg.n_features,
+        "k": cfg.k if cfg.arch in ("topk", "batchtopk") else None,
+        "batch_size": batch_size,
+        "mesh": f"{mesh_shape[0]}x{mesh_shape[1]}",
+        "first_call_s": compile_s,
+        "step_s_median": median,
+        "step_s_best": best,
+        "tokens_per_s": batch_size / median,
+        "step_flops": flops,
+        "flops_per_s": flops / median,
+    }
+
+
+DEFAULT_ARCHS = (
+    ("relu_l1", {}),
+    ("topk", {"decode": "sparse"}),
+    ("topk", {"decode": "dense"}),
+    ("batchtopk", {}),
+    ("jumprelu", {}),
+)
+
+
+def run_step_suite(d_in: int = 640, n_features: int = 16384, batch_size: int = 4096, k: int = 64,
+                   compute_dtype: str = "float32", archs=DEFAULT_ARCHS, iters: int = 5,
+                   mesh_shape: tuple[int, int] = (1, 1), log=print) -> dict[str, Any]:
+    peak = measure_matmul_peak(batch_size, d_in, n_features, "float32", iters=iters)
+    log(f"matmul ceiling [{batch_size}x{d_in}]@[{d_in}x{n_features}] fp32: "
+        f"{peak['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    rows = []
+    for arch, overrides in archs:
+        cfg = SAEConfig(arch=arch, d_in=d_in, n_features=n_features, k=k, compute_dtype=compute_dtype,
+                        **overrides)
+        row = measure_step(cfg, batch_size, mesh_shape=mesh_shape, iters=iters)
+        row["fraction_of_matmul_peak"] = row["flops_per_s"] / peak["matmul_flops_per_s"]
+        # Tokens/s a step would reach if it ran its FLOPs at the measured matmul ceiling.
+        row["tokens_per_s_at_ceiling"] = batch_size * peak["matmul_flops_per_s"] / row["step_flops"]
+        rows.append(row)
+        log(f"{arch:10s} {row['decode']:6s} {compute_dtype:8s} {row['tokens_per_s']:9.0f} tok/s  "
+            f"{row['flops_per_s'] / 1e9:6.1f} GFLOP/s  ({100 * row['fraction_of_matmul_peak']:.0f}% of matmul peak)")
+    return {"peak": peak, "steps": rows, "devices": [str(d) for d in jax.devices()[:1]],
+            "jax": jax.__version__}
+
+
+def dataclass_row(obj) -> dict:
+    return dataclasses.asdict(obj)
