@@ -21,8 +21,10 @@ BASE = RunConfig(
     # with inputs scaled to E‖x‖² = d_in, Adam lr 5e-5-ish; here 2e-4 suits the smaller d_in = 640.
     sae=SAEConfig(arch="relu_l1", d_in=640, n_features=4096, l1_coeff=5.0),
     optim=OptimConfig(lr=2e-4, total_steps=2000),
+    # The default store is Python's standard library: ~220 documents (source files), so 5 % of
+    # documents are held out to get tens of thousands of evaluation rows.
     data=DataConfig(source="store", store=GEMMA_STORE, model="gemma3-270m", hook="resid_post.9",
-                    batch_size=1024, eval_fraction=0.01, eval_rows=16384),
+                    batch_size=1024, eval_fraction=0.05, eval_rows=16384),
     mesh=MeshConfig(),
     run=RunSettings(name="base", log_every=50, checkpoint_every=500, eval_every=0),
 )

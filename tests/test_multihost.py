@@ -47,6 +47,9 @@ def single_process_reference(cfg):
     sources = open_sources(cfg)
     state, shardings = create_state(cfg.sae, cfg.optim, mesh, seed=cfg.run.seed, input_scale=sources.input_scale,
                                     hparams={"lr": cfg.optim.lr, "sparsity_coeff": cfg.sparsity_coeff})
+    # the driver's default init: b_dec = mean of the normalised training rows (run.init_b_dec="mean")
+    b_dec = np.asarray(sources.data_mean(cfg.data.scale_rows) * sources.input_scale, np.float32)
+    state = state.replace(params=state.params.replace(b_dec=jax.device_put(b_dec, shardings.params.b_dec)))
     step = TrainStep(cfg.sae, cfg.optim, mesh, shardings, cfg.data.batch_size)
     slab = min(cfg.data.slab_rows, sources.train.n_rows // 2)
     local = [ActivationLoader(sources.train, cfg.data.batch_size, seed=cfg.data.seed, slab_rows=slab,

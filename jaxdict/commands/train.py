@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True), flush=True)
         results = train_group(cfgs, dirs, force=args.force, profile_steps=args.profile,
                               log=lambda m: print(m, file=sys.stderr, flush=True))
-    except (ConfigError, StoreError) as err:
+    except (ConfigError, StoreError, ValueError) as err:  # the loader's ValueErrors name bad sizes
         print(f"jaxdict train: {err}", file=sys.stderr)
         return 2
     code = 0

@@ -86,6 +86,11 @@ class RunSettings:
     max_consecutive_nonfinite: int = 20
     async_checkpoint: bool = True
     progress: bool = True
+    # Decoder bias at step 0: "mean" = the mean of the (normalised) training data, as OpenAI
+    # initialise their pre-encoder bias from the data (Gao et al. 2024, geometric median) and
+    # SAELens offers; residual streams have a large mean (Gemma 3 270M resid_post.9: ‖μ‖² ≈ 93 %
+    # of E‖x‖²) that Adam at lr ~1e-4 would need thousands of steps to learn from 0.
+    init_b_dec: Literal["mean", "zero"] = "mean"
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -95,6 +100,8 @@ class RunSettings:
                 raise ConfigError(f"run.{name} = {getattr(self, name)}; must be >= 0")
         if self.keep < 1:
             raise ConfigError(f"run.keep = {self.keep}; must be >= 1 (the latest checkpoint is always kept)")
+        if self.init_b_dec not in ("mean", "zero"):
+            raise ConfigError(f"run.init_b_dec = {self.init_b_dec!r}; valid: mean, zero")
         if self.max_consecutive_nonfinite < 1:
             raise ConfigError(f"run.max_consecutive_nonfinite = {self.max_consecutive_nonfinite}; must be >= 1")
 

@@ -30,8 +30,8 @@ from jaxdict.train.config import RunConfig, group_key
 from jaxdict.train.heldout import HeldoutEval
 from jaxdict.train.mesh import check_divisible, make_mesh
 from jaxdict.train.metrics_log import MetricsLog, Progress, read_metrics
-from jaxdict.train.run_setup import (DataSources, open_sources, prepare_run_dir, resolve,
-                                     write_result)
+from jaxdict.train.run_setup import (RESULT_FILE, DataSources, open_sources, prepare_run_dir, read_json,
+                                     resolve, write_result)
 from jaxdict.train.state import add_leading_axis, create_state, init_state, state_specs, to_shardings
 from jaxdict.train.step import TrainStep
 
@@ -140,6 +140,10 @@ def train_group(
     else:
         states = [create_state(sae, optim, mesh, seed=c.run.seed, input_scale=sources.input_scale,
                                hparams={"lr": c.optim.lr, "sparsity_coeff": c.sparsity_coeff})[0] for c in cfgs]
+        if base.run.init_b_dec == "mean":
+            b_dec = jax.device_put(np.asarray(sources.data_mean(base.data.scale_rows) * sources.input_scale,
+                                              np.float32), shardings.params.b_dec)
+            states = [s.replace(params=s.params.replace(b_dec=b_dec)) for s in states]
 
     sweep = n if n > 1 else None
     if sweep:
@@ -234,10 +238,16 @@ def train_group(
                     break
         else:
             done = total
-        if not preempted:
-            if not all(diverged):
+        if not preempted and not all(diverged):
+            if done > start:
                 save(done)
                 write_eval(done)
+            else:  # already at total_steps: keep the recorded result rather than saving again
+                previous = [read_json(Path(d) / RESULT_FILE) for d in run_dirs]
+                if all(previous):
+                    eval_results = [p["eval"] for p in previous]
+                else:
+                    write_eval(done)
     finally:
         for m in managers:
             m.wait_until_finished()

@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxdict.data import ActivationLoader
-from jaxdict.sae.config import SAEConfig
+from jaxdict.sae.config import ConfigError, SAEConfig
 from jaxdict.sae.forward import forward
 from jaxdict.sae.losses import sae_loss
 from jaxdict.train.metrics import DENSE_FIRING_RATE
@@ -45,9 +45,16 @@ class HeldoutEval:
     def __init__(self, source: Any, sae_cfg: SAEConfig, mesh: Mesh, batch_size: int, max_rows: int,
                  slab_rows: int, state_shardings: Any, sweep_size: int | None = None):
         self.source, self.cfg, self.mesh = source, sae_cfg, mesh
-        self.batch_size = batch_size
         self.sweep_size = sweep_size
         n_proc = jax.process_count()
+        # A held-out split smaller than a training batch is evaluated in one smaller batch (a
+        # multiple of the data axis and of the process count, as the loader needs).
+        unit = math.lcm(mesh.shape["data"], n_proc)
+        batch_size = min(batch_size, source.n_rows // unit * unit)
+        if batch_size < 1:
+            raise ConfigError(f"the held-out split has {source.n_rows} rows, fewer than the {unit} needed "
+                              "to evaluate on this mesh; raise data.eval_fraction")
+        self.batch_size = batch_size
         # Small eval splits: shrink slabs so each process still gets at least one.
         slab = max(1, min(slab_rows, source.n_rows // max(n_proc, 1)))
         self.loader = ActivationLoader(source, batch_size, mesh, seed=0, num_epochs=1, slab_rows=slab,

@@ -33,9 +33,18 @@ class RunDirConflict(ConfigError):
 class DataSources:
     """Train and eval sources, the input scale s (E‖s·x‖² = d_in, DESIGN.md §4) and store metadata."""
 
-    def __init__(self, train: Any, eval: Any, input_scale: float, model: str = "", hook: str = ""):
+    def __init__(self, train: Any, eval: Any, input_scale: float, model: str = "", hook: str = "",
+                 mean: np.ndarray | None = None):
         self.train, self.eval, self.input_scale = train, eval, input_scale
         self.model, self.hook = model, hook
+        # mean of the raw activations [d_in]; None = estimate it from the first training rows
+        self.mean = mean
+
+    def data_mean(self, n_rows: int = 65536) -> np.ndarray:
+        if self.mean is None:
+            x = np.asarray(self.train.read(0, min(self.train.n_rows, n_rows)), np.float64)
+            self.mean = x[np.all(np.isfinite(x), axis=1)].mean(axis=0)
+        return np.asarray(self.mean, np.float64)
 
 
 def input_scale_from_rows(rows: np.ndarray) -> float:
@@ -60,8 +69,9 @@ def open_sources(cfg: RunConfig) -> DataSources:
         x, _ = planted.sample(data.planted_rows, seed=data.planted_seed)
         train = ArraySource(x, split="train", eval_fraction=data.eval_fraction)
         evals = ArraySource(x, split="eval", eval_fraction=data.eval_fraction)
-        scale = input_scale_from_rows(train.read(0, min(train.n_rows, data.scale_rows)))
-        return DataSources(train, evals, scale, model="planted", hook=f"planted_seed={data.planted_seed}")
+        rows = train.read(0, min(train.n_rows, data.scale_rows))
+        return DataSources(train, evals, input_scale_from_rows(rows), model="planted",
+                           hook=f"planted_seed={data.planted_seed}", mean=rows.astype(np.float64).mean(axis=0))
     from jaxdict.store import open_store
 
     store = open_store(data.store)
@@ -77,7 +87,8 @@ def open_sources(cfg: RunConfig) -> DataSources:
     train = StoreSource(store, split="train", eval_fraction=data.eval_fraction)
     evals = StoreSource(store, split="eval", eval_fraction=data.eval_fraction)
     scale = math.sqrt(sae.d_in / float(store.stats["mean_sq_norm"]))
-    return DataSources(train, evals, scale, model=str(meta.get("model", "")), hook=str(meta.get("hook", "")))
+    return DataSources(train, evals, scale, model=str(meta.get("model", "")), hook=str(meta.get("hook", "")),
+                       mean=np.asarray(store.stats["mean"], np.float64))
 
 
 def resolve(cfg: RunConfig, sources: DataSources, run_dir: str) -> dict:
