@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -34,8 +35,9 @@ def collect_results(out: Path, groups: list[list[RunConfig]]) -> list[dict]:
 
 
 def _run_groups(groups: list[list[RunConfig]], out: Path, log: Callable[[str], None],
-                callback=None) -> list[str]:
-    """Train the unfinished members of each group; returns the names of points that failed."""
+                callback=None) -> tuple[list[str], bool]:
+    """Train the unfinished members of each group; returns (names of points not finished,
+    whether a preemption stopped the sweep)."""
     from jaxdict.train.driver import train_group
 
     failed: list[str] = []
@@ -50,17 +52,19 @@ def _run_groups(groups: list[list[RunConfig]], out: Path, log: Callable[[str], N
         try:
             results = train_group(todo, [p.run.out_dir for p in todo], callback=callback, log=log)
             for r in results:
-                if r.preempted:
-                    log(f"{r.name}: preempted at step {r.step}; rerun the sweep to resume")
-                    failed.append(r.name)
-                elif r.diverged:
+                if r.diverged:
                     log(f"{r.name}: diverged ({r.stop_reason})")
+            if any(r.preempted for r in results):
+                # SIGTERM / preemption: the group saved its checkpoints; stop the whole sweep.
+                log(f"preempted at step {results[0].step}; rerun the same sweep command to resume")
+                write_results(out / RESULTS_FILE, collect_results(out, groups))
+                return failed + [r.name for r in results], True
         except Exception as err:  # one broken point must not stop the others (Ctrl-C still does)
             log(f"FAILED {names}: {type(err).__name__}: {err}")
             log(traceback.format_exc(limit=3))
             failed.extend(p.run.name for p in todo)
         write_results(out / RESULTS_FILE, collect_results(out, groups))
-    return failed
+    return failed, False
 
 
 def run_sweep(
@@ -74,7 +78,8 @@ def run_sweep(
     log: Callable[[str], None] = print,
     callback=None,
 ) -> int:
-    """Run the sweep `file.py[:variant]` into `out`; returns the number of points not finished.
+    """Run the sweep `file.py[:variant]` into `out`; returns the number of points not finished
+    (0 also when a preemption stopped it: rerun to resume).
     `worker=(i, n)` runs only groups i, i+n, ... (what each of `processes` subprocesses does)."""
     out = Path(out)
     if processes < 1:
@@ -86,10 +91,12 @@ def run_sweep(
     if worker is not None:
         i, n = worker
         mine = [g for j, g in enumerate(groups) if j % n == i]
-        return len(_run_groups(mine, out, log, callback))
+        failed, preempted = _run_groups(mine, out, log, callback)
+        return 0 if preempted else len(failed)
     log(f"sweep {spec}: {len(points)} points in {len(groups)} passes over the data -> {out}")
+    preempted = False
     if processes == 1:
-        failed = _run_groups(groups, out, log, callback)
+        failed, preempted = _run_groups(groups, out, log, callback)
     else:
         failed = _spawn_workers(spec, out, processes, only, group, log)
     rows = collect_results(out, groups)
@@ -97,7 +104,8 @@ def run_sweep(
     unfinished = len(points) - len(rows)
     log(f"{len(rows)} of {len(points)} points finished; table: {out / RESULTS_FILE}"
         + (f"; not finished: {', '.join(failed) or unfinished}" if unfinished else ""))
-    return unfinished
+    # A preempted sweep exits like a preempted `jaxdict train` (0), to be relaunched.
+    return 0 if preempted else unfinished
 
 
 def _spawn_workers(spec, out, processes, only, group, log) -> list[str]:
@@ -110,5 +118,15 @@ def _spawn_workers(spec, out, processes, only, group, log) -> list[str]:
             cmd.append("--no-group")
         log(f"worker {i}: {' '.join(cmd)}")
         procs.append(subprocess.Popen(cmd, env=dict(os.environ)))
-    codes = [p.wait() for p in procs]
+
+    def forward(signum, frame):  # a preempted sweep: every worker saves its checkpoints and exits
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        codes = [p.wait() for p in procs]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return [f"worker {i} (exit {c})" for i, c in enumerate(codes) if c != 0]
