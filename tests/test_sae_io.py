@@ -41,7 +41,7 @@ def train_params(cfg: SAEConfig, x: np.ndarray, steps: int, seed: int = 0):
     for _ in range(steps):
         rows = rng.integers(0, len(x), batch)
         state, _ = step(state, jax.device_put(x[rows], step.batch_sharding))
-    return jax.device_get(state.params), float(state.input_scale)
+    return jax.tree.map(jnp.asarray, jax.device_get(state.params)), float(state.input_scale)
 
 
 def write_run(run_dir: Path, cfg: SAEConfig, params, input_scale: float, steps=(10,),
