@@ -193,3 +193,18 @@ def test_mesh_that_does_not_fit_is_refused(tmp_path):
         train(tiny(mesh=(4, 4)), tmp_path / "r")
     with pytest.raises(ConfigError, match="not divisible by the mesh's model axis"):
         train(dataclasses.replace(tiny(mesh=(1, 8)), sae=dataclasses.replace(tiny().sae, n_features=60)), tmp_path / "r")
+
+
+def test_group_resumes_from_the_step_every_member_has(tmp_path):
+    members = [tiny("a"), dataclasses.replace(tiny("b"), sae=dataclasses.replace(tiny().sae, l1_coeff=0.5))]
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    with pytest.raises(Crash):
+        train_group(members, dirs, callback=crash_at(12))
+    # as if the process died after member a's save of a later step but before member b's
+    import shutil
+    shutil.copytree(dirs[0] / "checkpoints" / "10", dirs[0] / "checkpoints" / "15")
+    assert ckpt.all_steps(dirs[0]) == [10, 15] and ckpt.all_steps(dirs[1]) == [10]
+    messages = []
+    results = train_group(members, dirs, log=messages.append)
+    assert messages == ["resuming a, b from step 10"] and all(r.step == 20 for r in results)
+    assert ckpt.all_steps(dirs[0]) == ckpt.all_steps(dirs[1]) == [10, 20]

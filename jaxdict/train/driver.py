@@ -130,6 +130,11 @@ def train_group(
     managers = [ckpt.make_manager(d, base.run.keep, base.run.async_checkpoint) for d in run_dirs]
     common = set.intersection(*[set(m.all_steps()) for m in managers]) if all(existed) else set()
     start = max(common) if common else 0
+    for m in managers:
+        # A crash between the members' saves can leave one member a step ahead: drop that step,
+        # the group resumes together from the latest step every member has.
+        for extra in [s for s in m.all_steps() if s > start]:
+            m.delete(extra)
     data_state = None
     if start:
         states = []
