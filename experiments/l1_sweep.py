@@ -8,7 +8,8 @@ def sweep(base, coeffs, prefix):
 
 
 SWEEPS = {
-    # Around Scaling Monosemanticity's λ = 5 (inputs scaled to E‖x‖² = d_in).
-    "gemma": lambda: sweep(BASE, [1.0, 2.0, 5.0, 10.0, 20.0], "relu"),
+    # Around the base's λ = 1, up to Scaling Monosemanticity's 5 (inputs scaled to E‖x‖² = d_in;
+    # on this mean-dominated stream λ = 5 silences every latent in short runs, see base.py).
+    "gemma": lambda: sweep(BASE, [0.25, 0.5, 1.0, 2.0, 5.0], "relu"),
     "tiny": lambda: sweep(TINY, [1.0, 5.0, 20.0], "tiny"),
 }

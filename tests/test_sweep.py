@@ -141,3 +141,14 @@ def test_step_flops_sparse_topk():
     b = cfg.data.batch_size
     assert cfg.sae.uses_sparse_decode
     assert step_flops(cfg) == 2 * b * 64 * 1024 + 8 * b * 8 * 64
+
+
+def test_shipped_sweeps_group_as_documented():
+    l1 = plan_groups(load_points("experiments/l1_sweep.py:tiny"))
+    assert [len(g) for g in l1] == [3]  # λ only: one pass
+    lr = plan_groups(load_points("experiments/lr_sweep.py:tiny"))
+    assert [len(g) for g in lr] == [3, 3]  # one pass per (F, steps) pair
+    sm = plan_groups(load_points("experiments/scaling_monosemanticity.py:tiny"))
+    assert all(len(g) == 1 for g in sm) and len(sm) == 6  # shapes or step counts differ
+    topk = plan_groups(load_points("experiments/topk_grid.py:tiny"))
+    assert all(len(g) == 1 for g in topk) and len(topk) == 8
