@@ -1,0 +1,91 @@
+"""`jaxdict bench`: throughput of the train step (every architecture), the loader and the harvester."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", nargs="?", default="step", choices=["step", "loader", "harvest"],
+                        help="what to measure (default: step)")
+    parser.add_argument("--d-in", type=int, default=640, help="input width (Gemma 3 270M: 640)")
+    parser.add_argument("--features", type=int, default=16384, help="dictionary size F")
+    parser.add_argument("--batch-size", type=int, default=4096, help="tokens per step B")
+    parser.add_argument("--k", type=int, default=64, help="TopK / BatchTopK k")
+    parser.add_argument("--archs", default="relu_l1,topk,topk-dense,batchtopk,jumprelu",
+                        help="comma-separated: relu_l1, topk (sparse decode), topk-dense, batchtopk, jumprelu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="compute dtype of the step's matmuls (parameters stay float32)")
+    parser.add_argument("--mesh", default="1x1", help="data×model mesh, e.g. 1x1, 2x4")
+    parser.add_argument("--iters", type=int, default=5, help="timed steps after warm-up")
+    parser.add_argument("--saelens", action="store_true",
+                        help="also run SAELens's train step at the same shapes in this run and print ratios "
+                             "(needs the optional extra: pip install 'jaxdict[saelens]')")
+    parser.add_argument("--json", type=Path, default=None, help="write all numbers to this JSON file")
+
+
+_ARCHS = {
+    "relu_l1": ("relu_l1", {}),
+    "topk": ("topk", {"decode": "sparse"}),
+    "topk-dense": ("topk", {"decode": "dense"}),
+    "batchtopk": ("batchtopk", {}),
+    "jumprelu": ("jumprelu", {}),
+}
+
+
+def _parse_mesh(text: str) -> tuple[int, int]:
+    try:
+        data, model = (int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--mesh {text!r}: expected DATAxMODEL, e.g. 1x1 or 2x4") from None
+    return data, model
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+
+    if args.what == "loader":
+        from jaxdict.bench import loader
+
+        return int(loader.main([]) or 0)
+    if args.what == "harvest":
+        from jaxdict.bench import harvest
+
+        result = harvest.bench_harvest(model="gemma3-270m", hook="resid_post.9", context=128,
+                                       batch_size=32, tokens=50_000, corpus="default", matmul_n=2048)
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+
+    from jaxdict.bench.step import run_step_suite
+
+    unknown = [a for a in args.archs.split(",") if a not in _ARCHS]
+    if unknown:
+        raise SystemExit(f"--archs: unknown {unknown}; valid: {', '.join(_ARCHS)}")
+    archs = [_ARCHS[a] for a in args.archs.split(",")]
+    print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} "
+          f"device(s), jax {jax.__version__}, python {sys.version.split()[0]}")
+    print(f"shape: d_in={args.d_in} F={args.features} B={args.batch_size} k={args.k} dtype={args.dtype} mesh={args.mesh}")
+    result = run_step_suite(d_in=args.d_in, n_features=args.features, batch_size=args.batch_size, k=args.k,
+                            compute_dtype=args.dtype, archs=archs, iters=args.iters,
+                            mesh_shape=_parse_mesh(args.mesh))
+    if args.saelens:
+        from jaxdict.bench.saelens import measure_saelens_step, saelens_available
+
+        if not saelens_available():
+            raise SystemExit("--saelens needs sae-lens and torch: pip install 'jaxdict[saelens]'")
+        result["saelens"] = []
+        ours = {(r["arch"], r["decode"]): r for r in result["steps"]}
+        for arch, decode in (("relu_l1", "dense"), ("topk", "sparse")):
+            theirs = measure_saelens_step(arch, args.d_in, args.features, args.batch_size, k=args.k, iters=args.iters)
+            result["saelens"].append(theirs)
+            mine = ours.get((arch, decode))
+            ratio = f"  jaxdict/SAELens = {mine['tokens_per_s'] / theirs['tokens_per_s']:.2f}x" if mine else ""
+            print(f"SAELens {arch:8s} {theirs['tokens_per_s']:9.0f} tok/s ({theirs['library']}, torch "
+                  f"{theirs['torch']}, {theirs['threads']} threads){ratio}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+    return 0
