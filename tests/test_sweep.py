@@ -152,3 +152,16 @@ def test_shipped_sweeps_group_as_documented():
     assert all(len(g) == 1 for g in sm) and len(sm) == 6  # shapes or step counts differ
     topk = plan_groups(load_points("experiments/topk_grid.py:tiny"))
     assert all(len(g) == 1 for g in topk) and len(topk) == 8
+
+
+def test_table_only_collects_points_trained_one_by_one(sweep_file, tmp_path):
+    from jaxdict.train.config import load_run_configs
+    from jaxdict.train.driver import train
+
+    out = tmp_path / "slices"
+    (point,) = load_run_configs(f"{sweep_file}:topk")  # as one TPU slice would run it
+    train(point, out / "topk", log=lambda m: None)
+    logs = []
+    assert run_sweep(f"{sweep_file}:small", out, table_only=True, log=logs.append) == 2
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["name"] for r in rows] == ["topk"] and not (out / "l1-a").exists()

@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these points")
     parser.add_argument("--no-group", action="store_true",
                         help="train every point on its own pass, even when shapes agree")
+    parser.add_argument("--table-only", action="store_true",
+                        help="train nothing: write results.csv from the finished points (e.g. after "
+                             "launching points separately with `jaxdict train --config FILE.py:POINT --out OUT/POINT`)")
     parser.add_argument("--worker", type=_worker, help=argparse.SUPPRESS)
 
 
@@ -30,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         unfinished = run_sweep(args.sweep, args.out, processes=args.processes, only=args.only,
-                               group=not args.no_group, worker=args.worker,
+                               group=not args.no_group, worker=args.worker, table_only=args.table_only,
                                log=lambda m: print(m, flush=True))
     except ConfigError as err:
         print(f"jaxdict sweep: {err}", file=sys.stderr)

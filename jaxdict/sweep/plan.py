@@ -52,8 +52,9 @@ def sweep_identity(spec: str) -> dict:
     return {"sweep_file": str(Path(path).resolve()), "variant": variant}
 
 
-def claim_out_dir(out: Path, spec: str, points: list[RunConfig]) -> None:
-    """Mark `out` as this sweep's folder, refusing one that belongs to another sweep."""
+def claim_out_dir(out: Path, spec: str, points: list[RunConfig], adopt: bool = False) -> None:
+    """Mark `out` as this sweep's folder, refusing one that belongs to another sweep. `adopt`:
+    accept a folder without a marker whose contents are points run one by one (`jaxdict train`)."""
     marker = out / SWEEP_FILE
     ident = sweep_identity(spec)
     if marker.is_file():
@@ -63,7 +64,7 @@ def claim_out_dir(out: Path, spec: str, points: list[RunConfig]) -> None:
                              f"not {ident['sweep_file']}:{ident['variant']}; choose another --out")
         names = sorted(set(old.get("points", [])) | {p.run.name for p in points})
     else:
-        if out.is_dir() and any(out.iterdir()):
+        if out.is_dir() and any(out.iterdir()) and not adopt:
             raise SweepError(f"{out} is not empty and holds no {SWEEP_FILE}; it is not a folder of this sweep")
         names = sorted(p.run.name for p in points)
     out.mkdir(parents=True, exist_ok=True)

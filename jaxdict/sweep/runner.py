@@ -75,18 +75,20 @@ def run_sweep(
     only: list[str] | None = None,
     group: bool = True,
     worker: tuple[int, int] | None = None,
+    table_only: bool = False,
     log: Callable[[str], None] = print,
     callback=None,
 ) -> int:
     """Run the sweep `file.py[:variant]` into `out`; returns the number of points not finished
     (0 also when a preemption stopped it: rerun to resume).
-    `worker=(i, n)` runs only groups i, i+n, ... (what each of `processes` subprocesses does)."""
+    `worker=(i, n)` runs only groups i, i+n, ... (what each of `processes` subprocesses does);
+    `table_only` trains nothing and writes results.csv from the points already finished."""
     out = Path(out)
     if processes < 1:
         raise SweepError(f"--processes {processes}; must be >= 1")
     points = load_points(spec, only)
     if worker is None:
-        claim_out_dir(out, spec, points)
+        claim_out_dir(out, spec, points, adopt=table_only)
     groups = plan_groups(_placed(points, out), group=group)
     if worker is not None:
         i, n = worker
@@ -95,7 +97,10 @@ def run_sweep(
         return 0 if preempted else len(failed)
     log(f"sweep {spec}: {len(points)} points in {len(groups)} passes over the data -> {out}")
     preempted = False
-    if processes == 1:
+    failed: list[str] = []
+    if table_only:  # points trained elsewhere (e.g. one `jaxdict train` per TPU slice): just tabulate
+        pass
+    elif processes == 1:
         failed, preempted = _run_groups(groups, out, log, callback)
     else:
         failed = _spawn_workers(spec, out, processes, only, group, log)
