@@ -90,3 +90,38 @@ def test_two_processes_train_like_one(tmp_path):
         np.testing.assert_allclose(saved[name], np.asarray(getattr(ref.params, name)), rtol=1e-5, atol=1e-7,
                                    err_msg=name)
     assert float(saved["input_scale"]) == float(ref.input_scale)
+
+
+@pytest.mark.slow
+def test_sigterm_to_both_processes_stops_them_at_one_step_with_a_checkpoint(tmp_path):
+    """JAX's preemption sync point (via Orbax) makes both processes save the same step, exit 0."""
+    import dataclasses
+    import signal
+    import time
+
+    cfg = config()
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, total_steps=100000),
+                              run=dataclasses.replace(cfg.run, checkpoint_every=0))
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(cfg.to_dict()))
+    run_dir = tmp_path / "run"
+    port = str(_free_port())
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", JAX_NUMPY_DTYPE_PROMOTION="strict")
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "jaxdict.cli", "train", "--config", str(cfg_file), "--out", str(run_dir),
+         "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i), "--cpu-devices", "2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    deadline = time.time() + 240
+    metrics = run_dir / "metrics.jsonl"
+    while not (metrics.is_file() and metrics.read_text().strip()):
+        assert all(p.poll() is None for p in procs) and time.time() < deadline, procs[0].communicate()[1][-3000:]
+        time.sleep(0.2)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    step = ckpt.latest_step(run_dir)
+    assert step is not None and all(f"preempted at step {step}" in err for _, err in outs)
+    assert not (run_dir / "result.json").exists()
