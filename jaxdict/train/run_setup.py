@@ -21,9 +21,11 @@ from jaxdict.train.metrics_log import METRICS_FILE, TB_DIR
 
 CONFIG_FILE = "config.json"
 RESULT_FILE = "result.json"
-# Keys that may change between an interrupted run and its resumption: where it lives, whether it
-# shows a bar, and the mesh (checkpoints restore onto any mesh; the maths does not change).
-RESUME_IGNORED = ("run.out_dir", "run.progress", "mesh")
+# Keys that may change between an interrupted run and its resumption: where it lives, the mesh
+# (checkpoints restore onto any mesh), and how often it logs, evaluates and saves — none of them
+# changes the maths of the run.
+RESUME_IGNORED = ("run.out_dir", "run.progress", "mesh", "run.log_every", "run.eval_every",
+                  "run.checkpoint_every", "run.keep", "run.async_checkpoint", "run.max_consecutive_nonfinite")
 
 
 class RunDirConflict(ConfigError):
