@@ -5,7 +5,7 @@ import json
 from jaxdict.cli import main
 
 TINY = "experiments/base.py:tiny"
-FAST = ["--set", "optim.total_steps=6", "--set", "run.log_every=3", "--set", "run.progress=false"]
+FAST = ["--set", "optim.total_steps=6", "--set", "run.log_every=3", "--no-progress"]
 
 
 def test_train_cli_profile_resume_and_refusal(tmp_path, capsys):

@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "configs, the parent of one folder per run.name")
     parser.add_argument("--force", action="store_true",
                         help="delete a different run found in the run folder instead of refusing")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (same as --set run.progress=false)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="write a jax.profiler trace of N steps into <run folder>/profile")
     add_multihost_arguments(parser)
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         from jaxdict.config import apply_overrides
         from jaxdict.train.config import load_run_configs
 
-        cfgs = [apply_overrides(c, args.overrides) for c in load_run_configs(args.config)]
+        overrides = args.overrides + (["run.progress=false"] if args.no_progress else [])
+        cfgs = [apply_overrides(c, overrides) for c in load_run_configs(args.config)]
         if len(cfgs) == 1:
             dirs = [args.out or cfgs[0].run.out_dir]
         else:
