@@ -16,8 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="activation store of the SAE's model and hook (default: the run's own store)")
     parser.add_argument("--split", default="eval", choices=("eval", "train", "all"),
                         help="rows of the store to use: the held-out documents (default), the rest, or all")
-    parser.add_argument("--eval-fraction", type=float, default=0.01,
-                        help="held-out fraction of documents, as in training (default 0.01)")
+    parser.add_argument("--eval-fraction", type=float, default=None,
+                        help="held-out fraction of documents (default: the run's data.eval_fraction, else 0.01)")
     parser.add_argument("--tokens", type=int, default=200_000,
                         help="activation tokens for fvu/l0/dead/dense (default 200000; fewer if the split is smaller)")
     parser.add_argument("--text-tokens", type=int, default=2048,
@@ -51,6 +51,8 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(args, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} = {getattr(args, name)} must be >= {low}")
     sae = load_sae(args.run, args.step)
+    if args.eval_fraction is None:  # the split the run held out while training
+        args.eval_fraction = float(sae.extra.get("eval_fraction") or 0.01)
     result: dict = {"run": str(args.run), "step": sae.step, "model": sae.model, "hook": sae.hook}
     lm = None
     if args.corpus is None:

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=None, help="activation store (default: the run's own store)")
     parser.add_argument("--split", default="all", choices=("eval", "train", "all"),
                         help="store rows to sample (default all: max activations as seen in training data)")
-    parser.add_argument("--eval-fraction", type=float, default=0.01, help="held-out fraction (default 0.01)")
+    parser.add_argument("--eval-fraction", type=float, default=None,
+                        help="held-out fraction of documents (default: the run's data.eval_fraction, else 0.01)")
     parser.add_argument("--tokens", type=int, default=100_000, help="corpus sample size in tokens (default 100000)")
     parser.add_argument("--features", type=int, nargs="+", default=None,
                         help="feature indices to give pages (default: the first --pages features that fire)")
@@ -55,6 +56,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--tokens ({args.tokens}) and --n-top ({args.n_top}) must be >= 1, "
                          f"--pages ({args.pages}) >= 0")
     sae = load_sae(args.run, args.step)
+    if args.eval_fraction is None:  # the split the run held out while training
+        args.eval_fraction = float(sae.extra.get("eval_fraction") or 0.01)
     chosen = [sae.check_feature(i) for i in args.features] if args.features else None
     store_path = args.store or sae.extra.get("store")
     if store_path is None:

@@ -138,7 +138,8 @@ def load_run(run_dir: str | Path, step: int | None = None) -> SAE:
     params = fold_input_scale(params, jnp.asarray(arrays["input_scale"], jnp.float32))
     return SAE(cfg=cfg, params=params, model=data.get("model"), hook=data.get("hook"),
                source=str(run_dir), step=int(step),
-               extra={"input_scale": float(np.asarray(arrays["input_scale"])), "store": data.get("store")})
+               extra={"input_scale": float(np.asarray(arrays["input_scale"])), "store": data.get("store"),
+                      "eval_fraction": data.get("eval_fraction")})
 
 
 def _params_from_arrays(arrays: dict[str, Any], cfg: SAEConfig, where: str) -> SAEParams:
