@@ -215,3 +215,34 @@ def test_evaluator_imports_no_training_code():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_loads_checkpoint_written_by_training_driver_on_eight_devices(tmp_path, planted, devices):
+    """A state sharded over a 2×4 mesh, saved by jaxdict.train.checkpoint, loads onto one device."""
+    from jaxdict.train import checkpoint
+    from jaxdict.train.mesh import make_mesh
+    from jaxdict.train.optim import OptimConfig
+    from jaxdict.train.state import create_state
+    from jaxdict.train.step import TrainStep
+
+    cfg = SAEConfig(arch="batchtopk", d_in=16, n_features=32, k=4)
+    optim = OptimConfig(lr=3e-3, total_steps=5)
+    mesh = make_mesh(data=2, model=4)
+    state, shardings = create_state(cfg, optim, mesh, seed=0, input_scale=0.7)
+    step = TrainStep(cfg, optim, mesh, shardings, 64)
+    x, _ = planted.sample(64 * 5, seed=2)
+    for i in range(5):
+        state, _ = step(state, jax.device_put(x[i * 64:(i + 1) * 64], step.batch_sharding))
+    doc = {"sae": dataclasses.asdict(cfg), "data": {"store": "s", "model": "gemma3-270m", "hook": "resid_post.2",
+                                                      "d_in": 16, "eval_fraction": 0.05}}
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    manager = checkpoint.make_manager(tmp_path)
+    checkpoint.save(manager, 5, state, {"position": 0}, doc)
+    manager.wait_until_finished()
+    manager.close()
+    sae = load_sae(tmp_path)
+    assert sae.step == 5 and sae.hook == "resid_post.2" and sae.extra["eval_fraction"] == 0.05
+    assert len(sae.params.W_enc.devices()) == 1
+    params = jax.device_get(state.params)
+    want = forward(jax.tree.map(jnp.asarray, params), jnp.asarray(x[:32]) * jnp.float32(0.7), cfg, train=False)
+    np.testing.assert_allclose(np.asarray(sae.encode(x[:32])), np.asarray(want.latents), rtol=1e-4, atol=1e-5)
