@@ -66,7 +66,7 @@ def test_export_loads_in_saelens(tmp_path):
         lens = sae_lens.SAE.load_from_disk(str(export_saelens(sae, tmp_path / arch)), device="cpu")
         assert type(lens).__name__ == lens_class
         assert lens.cfg.metadata.hook_name == "blocks.9.hook_resid_post"
-        f = np.asarray(sae.encode(x))
+        f = np.array(sae.encode(x))  # writable: torch.from_numpy warns on read-only arrays
         assert (f > 0).any()
         np.testing.assert_allclose(lens.encode(torch.from_numpy(x)).detach().numpy(), f, atol=1e-5)
         np.testing.assert_allclose(lens.decode(torch.from_numpy(f)).detach().numpy(), np.asarray(sae.decode(f)),
