@@ -76,6 +76,9 @@ def forward(
     params: SAEParams, x: Float[Array, "B d"], cfg: SAEConfig, mesh: Mesh | None = None, *, train: bool = True
 ) -> ForwardOutput:
     """Encode and decode a batch. `train=False` uses BatchTopK's learned threshold (a JumpReLU)."""
+    # numpy params (e.g. restored for evaluation) cannot be indexed by traced indices in the scans
+    # of the sparse decoder; make them jax arrays (a no-op for jax arrays).
+    params = jax.tree.map(jnp.asarray, params)
     z = pre_activations(params, x, cfg, mesh)
     zero = jnp.zeros((), jnp.float32)
     if cfg.arch == "relu_l1":
