@@ -1,7 +1,7 @@
 """The held-out documents of an activation store and their token windows, without grain.
 
-`jaxdict.data` imports grain (its loader), which the evaluator must not (DESIGN §2); the split is
-re-derived here by the same doc-id hash as `jaxdict.data.split` (a test checks they agree).
+`jaxdict.data` imports grain (its loader), which the evaluator must not (DESIGN §2); the split
+comes from `jaxdict.store.split`, which the loader uses too.
 """
 from __future__ import annotations
 
@@ -9,27 +9,10 @@ from typing import Iterator
 
 import numpy as np
 
-SPLITS = ("train", "eval", "all")
+from jaxdict.store.split import SPLITS, doc_unit_hash, split_mask  # noqa: F401 (re-exported)
 
-
-def doc_unit_hash(doc_ids: np.ndarray) -> np.ndarray:
-    """splitmix64 of each doc id as float64 in [0, 1) — the hash of jaxdict.data.split."""
-    z = np.asarray(doc_ids).astype(np.int64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
-
-
-def in_split(doc_ids: np.ndarray, split: str, eval_fraction: float) -> np.ndarray:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if not 0.0 <= eval_fraction <= 1.0:
-        raise ValueError(f"eval_fraction must be in [0, 1], got {eval_fraction!r}")
-    if split == "all":
-        return np.ones(len(doc_ids), bool)
-    held_out = doc_unit_hash(doc_ids) < eval_fraction
-    return held_out if split == "eval" else ~held_out
+# The same split as the training loader's: one definition in the grain-free jaxdict.store.split.
+in_split = split_mask
 
 
 def split_ranges(store, split: str, eval_fraction: float, max_rows: int | None = None
