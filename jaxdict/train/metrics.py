@@ -38,7 +38,9 @@ def step_metrics(
         "loss": loss,
         "fvu": batch_fvu,
         "explained_variance": 1.0 - batch_fvu,
-        "l0": jnp.mean(out.l0),
+        # Σ over latents of their firing counts = Σ over tokens of active latents: the mean l0
+        # without a second pass over the [B, F] activations.
+        "l0": jnp.sum(out.fire_counts) / jnp.float32(x.shape[0]),
         "dead_frac": jnp.mean((tokens_since_fired >= cfg.dead_tokens).astype(jnp.float32)),
         "dense_frac": jnp.mean((firing_rate > DENSE_FIRING_RATE).astype(jnp.float32)),
     }
