@@ -38,7 +38,8 @@ class QuickstartConfig:
     feature_tokens: int = 100_000
     pages: int = 60
     prompt: str = "The Golden Gate Bridge is located in"
-    strengths: tuple[float, ...] = (0.0, 4.0, 8.0)
+    # c × max activation; c = 0 ablates, 1–3 amplify visibly, ≥ 5 tends to degenerate text.
+    strengths: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
     max_new_tokens: int = 24
 
     @property
@@ -107,32 +108,53 @@ def train_config(cfg: QuickstartConfig, store: Path) -> dict[str, Any]:
     return run.to_dict()
 
 
-def _stage(name: str, done: Callable[[], bool], work: Callable[[], None], timings: dict[str, float]) -> None:
+def _stage(name: str, done: Callable[[], bool], work: Callable[[], None], timings: dict[str, float],
+           timings_file: Path) -> None:
+    """Run a stage unless its output exists; its wall time is kept in `timings_file`, so a re-run
+    reports the time the stage took when it actually ran."""
     if done():
         print(f"[{name}] already done: reusing it", flush=True)
-        timings[name] = 0.0
         return
     start = time.perf_counter()
     print(f"\n[{name}]", flush=True)
     work()
     timings[name] = time.perf_counter() - start
+    timings_file.write_text(json.dumps(timings, indent=1))
 
 
-def pick_steering_feature(features_json: Path) -> dict[str, Any]:
-    """A feature worth steering: among features with a page, firing on 0.05 %–5 % of tokens (not
-    dense, not one-off), the one with the largest maximum activation."""
-    pages = json.loads(features_json.read_text())["features"]
-    candidates = [p for p in pages if 5e-4 <= p["density"] <= 5e-2] or pages
-    if not candidates:
-        raise QuickstartError(f"{features_json} lists no features to steer")
-    return max(candidates, key=lambda p: p["max_act"])
+def pick_steering_feature(features_dir: Path) -> dict[str, Any]:
+    """A feature worth steering on the prompt: one that fires on the prompt (so c = 0 is a real
+    ablation) yet on only 0.05 %–5 % of corpus tokens (specific, not dense), the one most active
+    on the prompt relative to its maximum. Falls back to the strongest such feature overall."""
+    import numpy as np
+
+    stats = np.load(features_dir / "feature_stats.npz")
+    density, max_act = stats["density"], stats["max_act"]
+
+    def specific(i: int) -> bool:
+        return 5e-4 <= float(density[i]) <= 5e-2
+
+    search = features_dir / "search.json"
+    if search.exists():
+        hits = [f for result in json.loads(search.read_text()) for f in result["features"]
+                if specific(int(f["feature"])) and f["max"] > 0]
+        if hits:
+            best = max(hits, key=lambda f: f["frac_of_max"])
+            i = int(best["feature"])
+            return {"feature": i, "max_act": float(max_act[i]), "density": float(density[i]),
+                    "why": f"active on the prompt at {best['frac_of_max']:.0%} of its maximum"}
+    candidates = [i for i in range(len(density)) if specific(i)] or list(range(len(density)))
+    i = max(candidates, key=lambda j: float(max_act[j]))
+    return {"feature": int(i), "max_act": float(max_act[i]), "density": float(density[i]),
+            "why": "largest maximum activation among features firing on 0.05–5 % of tokens"}
 
 
 def run_quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict[str, Any]:
     resources = check_resources(cfg)
     p = cfg.paths()
     p["root"].mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+    timings_file = p["root"] / "stage_seconds.json"
+    timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     quiet = [] if progress else ["--no-progress"]
     started = time.perf_counter()
 
@@ -146,7 +168,7 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict[str, An
 
     _stage("harvest", store_done, lambda: _call(
         ["harvest", "--model", cfg.model, "--hook", cfg.hook, "--tokens", str(cfg.tokens),
-         "--context", str(cfg.context), "--corpus", cfg.corpus, "--out", str(p["stores"]), *quiet]), timings)
+         "--context", str(cfg.context), "--corpus", cfg.corpus, "--out", str(p["stores"]), *quiet]), timings, timings_file)
 
     config_path = p["root"] / "train_config.json"
     config_path.write_text(json.dumps(train_config(cfg, p["store"]), indent=1))
@@ -160,29 +182,29 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict[str, An
             return False
 
     _stage("train", trained, lambda: _call(
-        ["train", "--config", str(config_path), "--out", str(p["run"])]), timings)
+        ["train", "--config", str(config_path), "--out", str(p["run"])]), timings, timings_file)
     _stage("eval", lambda: (p["eval"] / "eval.json").exists(), lambda: _call(
         ["eval", str(p["run"]), "--out", str(p["eval"]), "--tokens", str(cfg.eval_tokens),
-         "--text-tokens", str(cfg.text_tokens), "--eval-fraction", str(cfg.eval_fraction), *quiet]), timings)
+         "--text-tokens", str(cfg.text_tokens), "--eval-fraction", str(cfg.eval_fraction), *quiet]), timings, timings_file)
     _stage("features", lambda: (p["features"] / "features.json").exists(), lambda: _call(
         ["features", str(p["run"]), "--out", str(p["features"]), "--tokens", str(cfg.feature_tokens),
-         "--pages", str(cfg.pages), "--search", cfg.prompt, *quiet]), timings)
-    feature = pick_steering_feature(p["features"] / "features.json")
+         "--pages", str(cfg.pages), "--search", cfg.prompt, *quiet]), timings, timings_file)
+    feature = pick_steering_feature(p["features"])
     _stage("steer", lambda: (p["steer"] / "steer.json").exists(), lambda: _call(
         ["steer", str(p["run"]), "--out", str(p["steer"]), "--feature", str(feature["feature"]),
          "--strength", *[str(s) for s in cfg.strengths], "--prompt", cfg.prompt,
          "--max-new-tokens", str(cfg.max_new_tokens),
-         "--max-activations", str(p["features"] / "max_activations.npy")]), timings)
+         "--max-activations", str(p["features"] / "max_activations.npy")]), timings, timings_file)
 
     eval_result = json.loads((p["eval"] / "eval.json").read_text())
     summary = {
         "config": dataclasses.asdict(cfg),
         "resources": resources,
         "stage_seconds": timings,
-        "total_seconds": time.perf_counter() - started,
+        "total_seconds": sum(timings.values()),
+        "this_invocation_seconds": time.perf_counter() - started,
         "metrics": _flat_metrics(eval_result),
-        "steered_feature": {k: feature[k] for k in ("feature", "max_act", "density")} |
-                           {"promotes": [t for t, _ in feature["promoted"][:8]]},
+        "steered_feature": feature | _steering_outcome(p["steer"] / "steer.json"),
         "outputs": {
             "store": str(p["store"]), "checkpoint": str(p["run"] / "checkpoints"),
             "metrics_log": str(p["run"] / "metrics.jsonl"), "eval": str(p["eval"] / "eval.json"),
@@ -193,6 +215,17 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict[str, An
     p["summary"].write_text(json.dumps(summary, indent=1))
     print_summary(summary)
     return summary
+
+
+def _steering_outcome(steer_json: Path) -> dict[str, Any]:
+    """Baseline and steered continuations with their KL, from `jaxdict steer`'s JSON."""
+    result = json.loads(steer_json.read_text())[0]
+    return {
+        "promotes": result.get("promoted_tokens", [])[:8],
+        "baseline": result["baseline"]["text"],
+        "steered": [{k: row.get(k) for k in ("strength", "text", "kl", "kl_mean", "dlogp_promoted")
+                     if k in row} for row in result["steered"]],
+    }
 
 
 def _flat_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -217,10 +250,15 @@ def print_summary(summary: dict[str, Any]) -> None:
     for key, value in summary["metrics"].items():
         print(f"  {key:20s} {value:.4g}")
     f = summary["steered_feature"]
-    print(f"  steered feature      #{f['feature']} (max act {f['max_act']:.3g}, density {f['density']:.2g}, "
-          f"promotes {' '.join(repr(t) for t in f['promotes'][:5])})")
+    print(f"  steered feature      #{f['feature']} (max act {f['max_act']:.3g}, density {f['density']:.2g}; "
+          f"{f['why']}; promotes {' '.join(repr(t) for t in f['promotes'][:5])})")
+    print(f"    baseline           {f['baseline'][:70]!r}")
+    for row in f["steered"]:
+        kl = next((row[k] for k in ("kl_mean", "kl") if isinstance(row.get(k), (int, float))), None)
+        kl_text = f"KL {kl:.3g}" if kl is not None else ""
+        print(f"    c = {row['strength']:<5g} {kl_text:10s} {row['text'][:70]!r}")
     print("  stage times (s)      " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items())
-          + f"; total {summary['total_seconds']:.0f}")
+          + f"; total {summary['total_seconds']:.0f} (this invocation {summary['this_invocation_seconds']:.0f})")
     print("outputs:")
     for key, value in summary["outputs"].items():
         print(f"  {key:14s} {value}")
