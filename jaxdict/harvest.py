@@ -127,9 +127,11 @@ def harvest(lm: LanguageModel, corpus: Corpus, out_dir: str | Path, config: Harv
         parse_hook(hook, lm.config.n_layers)
     if jax.process_count() > 1:
         # One writer per host and a per-host share of the windows would be needed (the store
-        # supports num_writers); not implemented yet, so refuse rather than write duplicates.
-        raise NotImplementedError(
-            f"harvest runs on one host; got jax.process_count() = {jax.process_count()}")
+        # supports num_writers); until then, refuse rather than write every row once per host.
+        raise ValueError(
+            f"harvest runs on one host; got jax.process_count() = {jax.process_count()}. Run "
+            "`jaxdict harvest` on a single host (its devices are used data-parallel), then share the "
+            "store (gs:// paths work) with the training hosts")
     next(iter(corpus.documents()), None)  # an empty corpus fails here, before stores are made
     out_dir = Path(out_dir)
     writers = {}

@@ -144,6 +144,12 @@ require_settings() {
   validate_settings
 }
 
+# Checks --run-name (required; letters, digits, '.', '_', '-') for launch.sh and watch.sh.
+require_run_name() {
+  [[ -n $1 ]] || usage_error "missing --run-name NAME"
+  [[ $1 =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || usage_error "--run-name '$1' may hold only letters, digits, '.', '_' and '-'"
+}
+
 validate_settings() {
   if [[ -n $ZONE && ! $ZONE =~ ^[a-z]+-[a-z]+[0-9]+-[a-z]$ ]]; then
     usage_error "ZONE '$ZONE' is not a zone name; expected e.g. us-central2-b or europe-west4-a"

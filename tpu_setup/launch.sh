@@ -44,8 +44,7 @@ while (($#)); do
   shift "$FLAG_SHIFT"
 done
 require_settings PROJECT ZONE ACCELERATOR_TYPE BUCKET
-[[ -n $run_name ]] || usage_error "missing --run-name NAME"
-[[ $run_name =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || usage_error "--run-name '$run_name' may hold only letters, digits, '.', '_' and '-'"
+require_run_name "$run_name"
 ((${#command[@]})) || usage_error "missing the command to run: put it after '--', e.g. -- jaxdict train --config experiments/x.py:variant --out $BUCKET/runs/$run_name"
 [[ $log_sync_seconds =~ ^[1-9][0-9]*$ ]] || usage_error "--log-sync-seconds '$log_sync_seconds' is not a positive whole number"
 for kv in "${env_vars[@]}"; do

@@ -64,8 +64,7 @@ while (($#)); do
   shift "$FLAG_SHIFT"
 done
 require_settings PROJECT ZONE ACCELERATOR_TYPE BUCKET
-[[ -n $run_name ]] || usage_error "missing --run-name NAME"
-[[ $run_name =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || usage_error "--run-name '$run_name' may hold only letters, digits, '.', '_' and '-'"
+require_run_name "$run_name"
 ((${#command[@]})) || usage_error "missing the command to (re)launch: put it after '--', as for launch.sh"
 [[ $max_retries =~ ^[0-9]+$ ]] || usage_error "--max-retries '$max_retries' is not a whole number"
 [[ $interval =~ ^[0-9]+$ ]] || usage_error "--interval '$interval' is not a whole number of seconds"

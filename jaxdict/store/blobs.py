@@ -59,21 +59,33 @@ def read_json(path: str) -> Any | None:
     return json.loads(data.decode("utf-8"))
 
 
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, indent=1, sort_keys=True).encode("utf-8")
+
+
+def _durable_temp_beside(target: str, data: bytes) -> str:
+    """A complete, fsynced temporary file in `target`'s folder holding `data`; returns its path."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
 def write_json_atomic(path: str, value: Any) -> None:
-    data = json.dumps(value, indent=1, sort_keys=True).encode("utf-8")
+    data = _encode(value)
     if is_local(path):
-        target = local_path(path)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-", suffix=".json")
+        tmp = _durable_temp_beside(local_path(path), data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
+            os.replace(tmp, local_path(path))
         except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            os.unlink(tmp)
             raise
     else:
         directory, _, name = path.rstrip("/").rpartition("/")
@@ -88,21 +100,14 @@ def create_json_exclusive(path: str, value: Any) -> bool:
     write are separate steps; the header is validated on every open, so a lost race is still caught.
     """
     if is_local(path):
-        target = local_path(path)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-", suffix=".json")
+        tmp = _durable_temp_beside(local_path(path), _encode(value))
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps(value, indent=1, sort_keys=True).encode("utf-8"))
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, target)
-            except FileExistsError:
-                return False
-            return True
+            os.link(tmp, local_path(path))
+        except FileExistsError:
+            return False
         finally:
             os.unlink(tmp)
+        return True
     if read_json(path) is not None:
         return False
     write_json_atomic(path, value)
