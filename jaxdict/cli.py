@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"jaxdict.commands.{args.command}")
     try:
         return int(module.run(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        # Bad input found by a command (a wrong path, a value out of range): one clear line, exit 1.
+        print(f"jaxdict {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
