@@ -204,3 +204,70 @@ def test_batchtopk_cutoff_is_exact_with_and_without_the_candidate_shortcut(mesh_
         placed = matrix if mesh is None else jax.device_put(matrix, NamedSharding(mesh, P("data", "model")))
         got = jax.jit(lambda a: sharded_ops.global_kth_largest(a, 16 * 2, mesh, row_candidates=8))(placed)
         assert float(got) == want
+
+
+def _batchtopk_dense_reference(x_in, W_enc, b_enc, W_dec, z_fixed, k):
+    """The plain BatchTopK maths: keep the B·k largest positive pre-activations, decode densely.
+    The selection reads `z_fixed` (the same values the sparse path sees: a matmul outside and inside
+    jit may differ in the last bit); the kept values and their gradients come from x_in W_enc + b_enc."""
+    cutoff = jnp.sort(z_fixed.reshape(-1))[-z_fixed.shape[0] * k]
+    mask = (z_fixed >= cutoff) & (z_fixed > 0)
+    return jnp.where(mask, x_in @ W_enc + b_enc, 0.0) @ W_dec, mask, cutoff
+
+
+@pytest.mark.parametrize("mesh_shape", [None, (1, 8), (2, 4), (8, 1)])
+@pytest.mark.parametrize("row_candidates,overflow_rows", [(None, None), (8, 64), (8, 1)])
+def test_batchtopk_sparse_equals_dense_maths(mesh_shape, row_candidates, overflow_rows, devices):
+    """The coordinate-list decode and its custom backward equal autodiff through the dense maths, in
+    all three regimes: every row listed; with k = 8 candidates per row the densest rows (up to 26
+    winners) overflow and are decoded densely beside the list; with room for only one such row per
+    shard the whole batch must take the dense fallback."""
+    from jaxdict.sae.batchtopk_sparse import batchtopk_sparse
+
+    # Shapes where no row has more than 4·k winners and no shard of any mesh overflows its slots
+    # (at most 26 winners in a row, 85 in a data shard of 8 rows against 96 slots).
+    B, d, F, k = 64, 32, 256, 8
+    keys = jax.random.split(jax.random.PRNGKey(7), 4)
+    x_in = jax.random.normal(keys[0], (B, d))
+    W_enc = jax.random.normal(keys[1], (d, F)) / math.sqrt(d)
+    b_enc = 0.1 * jax.random.normal(keys[2], (F,))
+    W_dec = jax.random.normal(keys[3], (F, d)) / math.sqrt(F)
+    mesh = None if mesh_shape is None else make_mesh(*mesh_shape)
+    probe = jax.random.normal(jax.random.PRNGKey(8), (B, d))
+    z_fixed = jax.jit(lambda: x_in @ W_enc + b_enc)()
+
+    def sparse_objective(x_, We, be, Wd):
+        out = batchtopk_sparse(x_, We, be, Wd, z_fixed, k, mesh, row_candidates=row_candidates,
+                               overflow_rows=overflow_rows)
+        return jnp.sum(out.x_hat * probe), out
+
+    def dense_objective(x_, We, be, Wd):
+        x_hat, mask, cutoff = _batchtopk_dense_reference(x_, We, be, Wd, z_fixed, k)
+        return jnp.sum(x_hat * probe), (mask, cutoff)
+
+    args = (x_in, W_enc, b_enc, W_dec)
+    (value, out), grads = jax.jit(jax.value_and_grad(sparse_objective, argnums=(0, 1, 2, 3), has_aux=True))(*args)
+    (ref_value, (mask, cutoff)), ref_grads = jax.value_and_grad(dense_objective, argnums=(0, 1, 2, 3), has_aux=True)(*args)
+
+    # Each (data, model) block lists its own rows: a row overflows in a block when its winners
+    # there fill every candidate the block offered; the batch falls back when a block has more
+    # overflowing rows than it may decode densely.
+    n_data, n_model = (1, 1) if mesh is None else (mesh.shape["data"], mesh.shape["model"])
+    per_block = jnp.sum(mask.reshape(B, n_model, F // n_model), axis=2)  # [B, n_model]
+    offered = min(row_candidates or 4 * k, F // n_model)
+    overflowing = (per_block >= offered) if offered < F // n_model else jnp.zeros_like(per_block, bool)
+    allowed = min(B // n_data, max(overflow_rows or (B // n_data) // 32, 1))
+    over_per_block = jnp.sum(overflowing.reshape(n_data, B // n_data, n_model), axis=1)
+    assert bool(out.dense_fallback) == bool(jnp.any(over_per_block > allowed))
+    if row_candidates is None:
+        assert not bool(out.dense_fallback), "the common case must take the sparse path"
+    if mesh_shape is None:
+        # The unsharded case exercises each regime for certain.
+        assert bool(jnp.any(overflowing)) == (row_candidates is not None)
+        assert bool(out.dense_fallback) == (overflow_rows == 1)
+    assert float(out.cutoff) == float(cutoff)
+    np.testing.assert_array_equal(out.fire_counts, jnp.sum(mask, axis=0))
+    np.testing.assert_array_equal(out.l0, jnp.sum(mask, axis=1))
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for name, got, want in zip(("x_in", "W_enc", "b_enc", "W_dec"), grads, ref_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)

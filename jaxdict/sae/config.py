@@ -60,7 +60,8 @@ class SAEConfig:
     # ReLU-L1 decoder init norm 0.1 (Anthropic April 2024 update).
     dec_init_norm: float = 0.1
     # Decoder path for TopK/BatchTopK: "sparse" gathers the k active rows (2·B·d·F + O(B·k·d)
-    # FLOPs instead of ~10·B·d·F); "auto" picks sparse when k is small next to F.
+    # FLOPs instead of ~10·B·d·F; BatchTopK lists its B·k winners, see sae/batchtopk_sparse.py);
+    # "auto" picks sparse when k is small next to F.
     decode: DecodeMode = "auto"
     # Compute dtype of the matmuls; parameters and optimiser state stay float32.
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -104,8 +105,8 @@ class SAEConfig:
 
     @property
     def uses_sparse_decode(self) -> bool:
-        """Whether TopK decoding gathers the k active decoder rows instead of a dense matmul."""
-        if self.arch != "topk" or self.decode == "dense":
+        """Whether TopK / BatchTopK decoding gathers the active decoder rows instead of a dense matmul."""
+        if self.arch not in ("topk", "batchtopk") or self.decode == "dense":
             return False
         if self.decode == "sparse":
             return True

@@ -14,6 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, Float, Int
 
 from jaxdict.sae import sharded_ops
+from jaxdict.sae.batchtopk_sparse import batchtopk_sparse
 from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.jumprelu import jumprelu
 from jaxdict.sae.params import SAEParams
@@ -37,6 +38,8 @@ class ForwardOutput:
     fire_counts: Float[Array, " F"]
     l0: Float[Array, " B"]
     batch_threshold: Float[Array, ""]
+    # 1 when BatchTopK's sparse path had to run the dense maths for this batch (see batchtopk_sparse).
+    decode_fallback: Optional[Float[Array, ""]] = None
 
 
 def _constrain(a: Array, mesh: Mesh | None, spec: P) -> Array:
@@ -87,6 +90,8 @@ def forward(
     if cfg.arch == "jumprelu" or (cfg.arch == "batchtopk" and not train):
         f = jumprelu(z, params.threshold, cfg.jumprelu_bandwidth)
         return _dense_output(params, z, f, cfg, zero)
+    if cfg.arch == "batchtopk" and cfg.uses_sparse_decode:
+        return _batchtopk_sparse_output(params, x, z, cfg, mesh)
     if cfg.arch == "batchtopk":
         n_keep = x.shape[0] * cfg.k
         cutoff = sharded_ops.global_kth_largest(jax.lax.stop_gradient(z), n_keep, mesh)
@@ -122,6 +127,26 @@ def forward(
         fire_counts=counts,
         l0=jnp.sum(active, axis=-1).astype(jnp.float32),
         batch_threshold=zero,
+    )
+
+
+def _batchtopk_sparse_output(params, x, z, cfg, mesh) -> ForwardOutput:
+    # z carries no gradient here: the custom VJP inside batchtopk_sparse routes the gradient of the
+    # active entries to W_enc / b_enc / x_in sparsely, or runs the dense maths when it must.
+    result = batchtopk_sparse(
+        encoder_input(params, x, cfg), params.W_enc, params.b_enc, params.W_dec, jax.lax.stop_gradient(z),
+        cfg.k, mesh, compute_dtype=cfg.compute_dtype,
+    )
+    return ForwardOutput(
+        x_hat=result.x_hat + params.b_dec,
+        pre_acts=jax.lax.stop_gradient(z),
+        latents=None,
+        top_values=None,
+        top_indices=None,
+        fire_counts=_constrain(result.fire_counts, mesh, P(sharded_ops.MODEL)),
+        l0=result.l0,
+        batch_threshold=jnp.maximum(result.cutoff, 0.0),
+        decode_fallback=result.dense_fallback.astype(jnp.float32),
     )
 
 

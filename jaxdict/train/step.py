@@ -113,6 +113,8 @@ def train_step(
         n_nonfinite=new_state.n_nonfinite,
         consecutive_nonfinite=new_state.consecutive_nonfinite,
     )
+    if out.decode_fallback is not None:
+        step_metrics["decode_fallback"] = out.decode_fallback
     return new_state, step_metrics
 
 
