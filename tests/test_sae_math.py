@@ -271,3 +271,17 @@ def test_batchtopk_sparse_equals_dense_maths(mesh_shape, row_candidates, overflo
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
     for name, got, want in zip(("x_in", "W_enc", "b_enc", "W_dec"), grads, ref_grads):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_kth_largest_by_bisection_equals_sorting():
+    rng = np.random.default_rng(11)
+    values = np.concatenate([
+        rng.standard_normal(500).astype(np.float32),
+        np.repeat(np.float32(0.25), 44),  # ties
+        np.array([0.0, -0.0, np.inf, -np.inf, 3e38, -3e38, 1e-45, -1e-45], np.float32),
+    ])
+    rng.shuffle(values)
+    descending = np.sort(values)[::-1]
+    for n in (1, 2, 7, 44, 45, 300, len(values) - 1, len(values)):
+        got = float(jax.jit(lambda v, n=n: sharded_ops.kth_largest(v, n))(values.reshape(8, -1)))
+        assert got == float(descending[n - 1]), n
