@@ -25,6 +25,37 @@ from jaxdict.train.state import create_state
 from jaxdict.train.step import TrainStep
 
 
+# Dense peak FLOP/s per chip by compute dtype, from the vendors' data sheets: NVIDIA H100 SXM5
+# (and H200, the same compute die) 989.4 TFLOP/s bf16 and 494.7 TF32 tensor-core dense, 66.9 fp32
+# non-tensor; H100 PCIe 756.5 / 378 / 51.2; A100 312 / 156 / 19.5. Google Cloud TPU system
+# architecture pages: v4 275, v5e 197, v5p 459, v6e (Trillium) 918 TFLOP/s bf16. An fp32 matmul
+# on a GPU runs as TF32 under JAX's default precision, so fp32 steps are measured against TF32.
+_PEAK_TFLOPS = (
+    # (substring of device_kind, lower-case), {dtype: TFLOP/s}
+    ("h200", {"bfloat16": 989.4, "float32": 494.7}),
+    ("h100 pcie", {"bfloat16": 756.5, "float32": 378.0}),
+    ("h100", {"bfloat16": 989.4, "float32": 494.7}),
+    ("a100", {"bfloat16": 312.0, "float32": 156.0}),
+    ("tpu v4", {"bfloat16": 275.0}),
+    ("tpu v5 lite", {"bfloat16": 197.0}),
+    ("tpu v5e", {"bfloat16": 197.0}),
+    ("tpu v5p", {"bfloat16": 459.0}),
+    ("tpu v5", {"bfloat16": 459.0}),
+    ("tpu v6", {"bfloat16": 918.0}),
+)
+
+
+def device_peak_flops(device_kind: str, compute_dtype: str) -> float | None:
+    """Data-sheet dense peak FLOP/s of one chip for this compute dtype, or None where unknown (CPUs:
+    there the ceiling is measured, see measure_matmul_peak)."""
+    kind = device_kind.lower()
+    for pattern, peaks in _PEAK_TFLOPS:
+        if pattern in kind:
+            tflops = peaks.get(compute_dtype)
+            return None if tflops is None else tflops * 1e12
+    return None
+
+
 def step_flops(cfg: SAEConfig, batch_size: int) -> float:
     b, d, f = batch_size, cfg.d_in, cfg.n_features
     if cfg.uses_sparse_decode:
@@ -91,14 +122,22 @@ def measure_step(cfg: SAEConfig, batch_size: int, mesh_shape: tuple[int, int] = 
         "tokens_per_s": batch_size / median,
         "step_flops": flops,
         "flops_per_s": flops / median,
+        "mfu": _mfu(flops / median, cfg.compute_dtype, n_devices),
     }
+
+
+def _mfu(flops_per_s: float, compute_dtype: str, n_devices: int) -> float | None:
+    """Model FLOP utilisation: model FLOPs per second over the data-sheet peak of the devices used."""
+    peak = device_peak_flops(jax.devices()[0].device_kind, compute_dtype)
+    return None if peak is None else flops_per_s / (peak * n_devices)
 
 
 DEFAULT_ARCHS = (
     ("relu_l1", {}),
     ("topk", {"decode": "sparse"}),
     ("topk", {"decode": "dense"}),
-    ("batchtopk", {}),
+    ("batchtopk", {"decode": "sparse"}),
+    ("batchtopk", {"decode": "dense"}),
     ("jumprelu", {}),
 )
 
@@ -118,8 +157,9 @@ def run_step_suite(d_in: int = 640, n_features: int = 16384, batch_size: int = 4
         # Tokens/s a step would reach if it ran its FLOPs at the measured matmul ceiling.
         row["tokens_per_s_at_ceiling"] = batch_size * peak["matmul_flops_per_s"] / row["step_flops"]
         rows.append(row)
+        mfu = "" if row["mfu"] is None else f", MFU {100 * row['mfu']:.1f}%"
         log(f"{arch:10s} {row['decode']:6s} {compute_dtype:8s} {row['tokens_per_s']:9.0f} tok/s  "
-            f"{row['flops_per_s'] / 1e9:6.1f} GFLOP/s  ({100 * row['fraction_of_matmul_peak']:.0f}% of matmul peak)")
+            f"{row['flops_per_s'] / 1e9:6.1f} GFLOP/s  ({100 * row['fraction_of_matmul_peak']:.0f}% of matmul peak{mfu})")
     return {"peak": peak, "steps": rows, "devices": [str(d) for d in jax.devices()[:1]],
             "jax": jax.__version__}
 

@@ -15,8 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", type=int, default=16384, help="dictionary size F")
     parser.add_argument("--batch-size", type=int, default=4096, help="tokens per step B")
     parser.add_argument("--k", type=int, default=64, help="TopK / BatchTopK k")
-    parser.add_argument("--archs", default="relu_l1,topk,topk-dense,batchtopk,jumprelu",
-                        help="comma-separated: relu_l1, topk (sparse decode), topk-dense, batchtopk, jumprelu")
+    parser.add_argument("--archs", default="relu_l1,topk,topk-dense,batchtopk,batchtopk-dense,jumprelu",
+                        help="comma-separated: relu_l1, topk (sparse decode), topk-dense, batchtopk (sparse "
+                             "decode), batchtopk-dense, jumprelu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="compute dtype of the step's matmuls (parameters stay float32)")
     parser.add_argument("--mesh", default="1x1", help="data×model mesh, e.g. 1x1, 2x4")
@@ -31,7 +32,8 @@ _ARCHS = {
     "relu_l1": ("relu_l1", {}),
     "topk": ("topk", {"decode": "sparse"}),
     "topk-dense": ("topk", {"decode": "dense"}),
-    "batchtopk": ("batchtopk", {}),
+    "batchtopk": ("batchtopk", {"decode": "sparse"}),
+    "batchtopk-dense": ("batchtopk", {"decode": "dense"}),
     "jumprelu": ("jumprelu", {}),
 }
 

@@ -1,0 +1,66 @@
+"""`jaxdict bench`: the step suite runs every architecture and reports consistent numbers (no
+timing is asserted: speed lives in BENCHMARKS.md), and the MFU peak table reads device kinds."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jaxdict.bench.step import DEFAULT_ARCHS, device_peak_flops, run_step_suite, step_flops
+from jaxdict.sae.config import SAEConfig
+
+
+@pytest.mark.parametrize("kind,dtype,tflops", [
+    ("NVIDIA H100 80GB HBM3", "bfloat16", 989.4),
+    ("NVIDIA H100 80GB HBM3", "float32", 494.7),
+    ("NVIDIA H100 PCIe", "bfloat16", 756.5),
+    ("NVIDIA H200", "bfloat16", 989.4),
+    ("NVIDIA A100-SXM4-80GB", "bfloat16", 312.0),
+    ("TPU v5 lite", "bfloat16", 197.0),
+    ("TPU v4", "bfloat16", 275.0),
+    ("TPU v4", "float32", None),
+    ("cpu", "float32", None),
+])
+def test_device_peak_flops(kind, dtype, tflops):
+    peak = device_peak_flops(kind, dtype)
+    assert peak == (None if tflops is None else tflops * 1e12)
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 1), (2, 4)])
+def test_step_suite_reports_every_architecture(mesh_shape, devices):
+    lines = []
+    result = run_step_suite(d_in=16, n_features=64, batch_size=32, k=4, archs=DEFAULT_ARCHS, iters=1,
+                            mesh_shape=mesh_shape, log=lines.append)
+    rows = result["steps"]
+    assert [(r["arch"], r["decode"]) for r in rows] == [
+        ("relu_l1", "dense"), ("topk", "sparse"), ("topk", "dense"), ("batchtopk", "sparse"),
+        ("batchtopk", "dense"), ("jumprelu", "dense")]
+    for row, (arch, overrides) in zip(rows, DEFAULT_ARCHS):
+        cfg = SAEConfig(arch=arch, d_in=16, n_features=64, k=4, **overrides)
+        assert row["step_flops"] == step_flops(cfg, 32)
+        assert row["tokens_per_s"] == pytest.approx(32 / row["step_s_median"])
+        assert row["flops_per_s"] == pytest.approx(row["step_flops"] / row["step_s_median"])
+        assert row["mesh"] == f"{mesh_shape[0]}x{mesh_shape[1]}"
+        assert row["mfu"] is None  # no data-sheet peak for a CPU: the matmul ceiling is measured instead
+    # sparse steps count 2·B·d·F + 8·B·k·d, dense ones 10·B·d·F
+    assert rows[1]["step_flops"] == 2 * 32 * 16 * 64 + 8 * 32 * 4 * 16
+    assert rows[0]["step_flops"] == 10 * 32 * 16 * 64
+    assert result["peak"]["matmul_flops_per_s"] > 0
+    assert len(lines) == 1 + len(rows)
+
+
+def test_bench_command_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxdict.cli", "bench", "step", "--d-in", "16", "--features", "64", "--batch-size",
+         "32", "--k", "4", "--archs", "relu_l1,batchtopk,batchtopk-dense", "--iters", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [(r["arch"], r["decode"]) for r in result["steps"]] == [
+        ("relu_l1", "dense"), ("batchtopk", "sparse"), ("batchtopk", "dense")]
+    bad = subprocess.run([sys.executable, "-m", "jaxdict.cli", "bench", "step", "--archs", "relu,topk"],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "unknown ['relu']" in bad.stderr
