@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jaxdict.bench.step import DEFAULT_ARCHS, device_peak_flops, run_step_suite, step_flops
@@ -64,3 +65,49 @@ def test_bench_command_writes_json(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "jaxdict.cli", "bench", "step", "--archs", "relu,topk"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "unknown ['relu']" in bad.stderr
+
+
+def test_bench_from_a_trained_run_on_store_rows(tmp_path, devices):
+    """--from-run starts the run's architecture from its checkpoint at its input scale (the first
+    step reconstructs as well as the run did), --store steps on real rows."""
+    import dataclasses
+
+    from jaxdict.store import StoreWriter
+    from jaxdict.testing import planted_dictionary
+    from jaxdict.train.config import DataConfig, MeshConfig, RunConfig, RunSettings
+    from jaxdict.train.driver import train
+    from jaxdict.train.optim import OptimConfig
+
+    planted = planted_dictionary(d_in=16, n_planted=32, seed=0)
+    rows, _ = planted.sample(4096, seed=1)
+    rows = (rows * 40.0 + 7.0).astype(np.float32)  # raw units far from 1, so a wrong scale shows
+    writer = StoreWriter.open(str(tmp_path / "store"), d_in=16, dtype="float32", metadata={"model": "m", "hook": "h"})
+    n = rows.shape[0]
+    writer.append(rows, np.zeros(n, np.int32), np.arange(n, dtype=np.int32) // 64, np.arange(n, dtype=np.int32) % 64)
+    writer.close()
+    cfg = RunConfig(
+        sae=SAEConfig(arch="batchtopk", d_in=16, n_features=64, k=4),
+        optim=OptimConfig(lr=3e-3, total_steps=150),
+        data=DataConfig(source="store", store=str(tmp_path / "store"), model="m", hook="h", batch_size=64,
+                        eval_fraction=0.1, eval_rows=256, slab_rows=128, shuffle_buffer_rows=512),
+        mesh=MeshConfig(data=1, model=1),
+        run=RunSettings(name="r", log_every=50, checkpoint_every=150, progress=False),
+    )
+    result = train(cfg, tmp_path / "run")
+    assert result.eval["fvu"] < 0.5
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxdict.cli", "bench", "step", "--from-run", str(tmp_path / "run"), "--store",
+         str(tmp_path / "store"), "--store-offset", "100", "--batch-size", "64", "--archs", "batchtopk,relu_l1",
+         "--iters", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trained_row, fresh_row = json.loads(out.read_text())["steps"]
+    assert (trained_row["d_in"], trained_row["n_features"], trained_row["k"]) == (16, 64, 4)
+    assert trained_row["from_trained"] and not fresh_row["from_trained"]
+    assert trained_row["first_step_fvu"] < 0.5 < fresh_row["first_step_fvu"]
+    too_far = subprocess.run(
+        [sys.executable, "-m", "jaxdict.cli", "bench", "step", "--store", str(tmp_path / "store"), "--d-in", "16",
+         "--store-offset", "4090", "--batch-size", "64", "--archs", "relu_l1"], capture_output=True, text=True,
+        timeout=600)
+    assert too_far.returncode != 0 and "the store has 4096 rows" in too_far.stderr

@@ -196,13 +196,17 @@ def test_wrong_input_width_is_refused_before_compiling(devices):
 @pytest.mark.parametrize("mesh_shape", [None, (1, 8), (2, 4), (8, 1)])
 def test_batchtopk_cutoff_is_exact_with_and_without_the_candidate_shortcut(mesh_shape, devices):
     z = jax.random.normal(jax.random.PRNGKey(4), (16, 64))
-    # Row 3 is far denser than the others: its 8 candidates cannot hold all its winners.
+    # Row 3 is far denser than the others: its 8 candidates cannot hold all its winners, so it is
+    # counted whole; with rows 3, 9 and 12 dense and room for one whole row per device, the
+    # bisection over all entries runs. Every path must give the exact cut-off.
     dense_row = z.at[3].add(10.0)
+    dense_rows = z.at[jnp.array([3, 9, 12])].add(10.0)
     mesh = None if mesh_shape is None else make_mesh(*mesh_shape)
-    for matrix in (z, dense_row):
+    for matrix, whole in ((z, 1), (dense_row, 1), (dense_rows, 1), (dense_rows, 16)):
         want = float(jnp.sort(matrix.reshape(-1))[-16 * 2])
         placed = matrix if mesh is None else jax.device_put(matrix, NamedSharding(mesh, P("data", "model")))
-        got = jax.jit(lambda a: sharded_ops.global_kth_largest(a, 16 * 2, mesh, row_candidates=8))(placed)
+        got = jax.jit(lambda a, whole=whole: sharded_ops.global_kth_largest(
+            a, 16 * 2, mesh, row_candidates=8, dense_rows=whole))(placed)
         assert float(got) == want
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdict.sae.config import SAEConfig
+from jaxdict.sae.params import SAEParams
 from jaxdict.train.mesh import make_mesh
 from jaxdict.train.optim import OptimConfig
 from jaxdict.train.state import create_state
@@ -86,15 +87,23 @@ def measure_matmul_peak(batch_size: int, d_in: int, n_features: int, dtype: str 
 
 
 def measure_step(cfg: SAEConfig, batch_size: int, mesh_shape: tuple[int, int] = (1, 1),
-                 warmup: int = 2, iters: int = 5, seed: int = 0) -> dict[str, Any]:
-    """Median and best wall time of the compiled step on random data (after warm-up)."""
+                 warmup: int = 2, iters: int = 5, seed: int = 0, batch: np.ndarray | None = None,
+                 params: SAEParams | None = None, input_scale: float = 1.0) -> dict[str, Any]:
+    """Median and best wall time of the compiled step (after warm-up), on `batch` (default: random
+    normal data) from `params` (default: a fresh initialisation) trained on x · input_scale. Which
+    latents fire decides the cost of the sparse paths, so real activations and a trained SAE can
+    give other numbers."""
     optim = OptimConfig(lr=1e-4, total_steps=10_000)
     n_devices = mesh_shape[0] * mesh_shape[1]
     mesh = make_mesh(*mesh_shape, devices=jax.devices()[:n_devices])
-    state, shardings = create_state(cfg, optim, mesh, seed=seed)
+    state, shardings = create_state(cfg, optim, mesh, seed=seed, input_scale=input_scale)
+    if params is not None:
+        # From host copies: the step donates its state, which must not delete the caller's arrays.
+        state = state.replace(params=jax.device_put(jax.tree.map(np.asarray, params), shardings.params))
     step = TrainStep(cfg, optim, mesh, shardings, batch_size)
-    rng = np.random.default_rng(seed)
-    batch = jax.device_put(rng.standard_normal((batch_size, cfg.d_in), dtype=np.float32), step.batch_sharding)
+    if batch is None:
+        batch = np.random.default_rng(seed).standard_normal((batch_size, cfg.d_in), dtype=np.float32)
+    batch = jax.device_put(np.asarray(batch, np.float32), step.batch_sharding)
     holder = {"state": state}
 
     def one():
@@ -102,7 +111,7 @@ def measure_step(cfg: SAEConfig, batch_size: int, mesh_shape: tuple[int, int] = 
         return metrics
 
     compile_start = time.perf_counter()
-    jax.block_until_ready(one())
+    first_metrics = jax.device_get(one())
     compile_s = time.perf_counter() - compile_start
     times = _time_calls(one, max(warmup - 1, 0), iters)
     median, best = float(np.median(times)), float(min(times))
@@ -123,6 +132,9 @@ def measure_step(cfg: SAEConfig, batch_size: int, mesh_shape: tuple[int, int] = 
         "step_flops": flops,
         "flops_per_s": flops / median,
         "mfu": _mfu(flops / median, cfg.compute_dtype, n_devices),
+        # What the timed steps worked on: ~1 for a fresh SAE, its trained value with --from-run.
+        "first_step_fvu": float(first_metrics["fvu"]),
+        "first_step_decode_fallback": float(first_metrics.get("decode_fallback", 0.0)),
     }
 
 
@@ -144,7 +156,11 @@ DEFAULT_ARCHS = (
 
 def run_step_suite(d_in: int = 640, n_features: int = 16384, batch_size: int = 4096, k: int = 64,
                    compute_dtype: str = "float32", archs=DEFAULT_ARCHS, iters: int = 5,
-                   mesh_shape: tuple[int, int] = (1, 1), log=print) -> dict[str, Any]:
+                   mesh_shape: tuple[int, int] = (1, 1), log=print, batch: np.ndarray | None = None,
+                   trained: tuple[str, SAEParams, float] | None = None) -> dict[str, Any]:
+    """Every step of `archs` at one shape, beside the matmul ceiling. `trained` = (arch, params,
+    input_scale) starts the rows of that architecture from those parameters, trained on
+    x · input_scale (the others from a fresh init)."""
     peak = measure_matmul_peak(batch_size, d_in, n_features, "float32", iters=iters)
     log(f"matmul ceiling [{batch_size}x{d_in}]@[{d_in}x{n_features}] fp32: "
         f"{peak['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
@@ -152,7 +168,10 @@ def run_step_suite(d_in: int = 640, n_features: int = 16384, batch_size: int = 4
     for arch, overrides in archs:
         cfg = SAEConfig(arch=arch, d_in=d_in, n_features=n_features, k=k, compute_dtype=compute_dtype,
                         **overrides)
-        row = measure_step(cfg, batch_size, mesh_shape=mesh_shape, iters=iters)
+        params, scale = (trained[1], trained[2]) if trained is not None and trained[0] == arch else (None, 1.0)
+        row = measure_step(cfg, batch_size, mesh_shape=mesh_shape, iters=iters, batch=batch, params=params,
+                           input_scale=scale)
+        row["from_trained"] = params is not None
         row["fraction_of_matmul_peak"] = row["flops_per_s"] / peak["matmul_flops_per_s"]
         # Tokens/s a step would reach if it ran its FLOPs at the measured matmul ceiling.
         row["tokens_per_s_at_ceiling"] = batch_size * peak["matmul_flops_per_s"] / row["step_flops"]

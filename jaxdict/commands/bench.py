@@ -25,6 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--saelens", action="store_true",
                         help="also run SAELens's train step at the same shapes in this run and print ratios "
                              "(needs the optional extra: pip install 'jaxdict[saelens]')")
+    parser.add_argument("--store", default=None,
+                        help="step on B real activations from this store (rows --store-offset..) instead of "
+                             "random normal data")
+    parser.add_argument("--store-offset", type=int, default=0, help="first store row of the batch")
+    parser.add_argument("--from-run", default=None,
+                        help="start the rows of this training run's architecture from its latest checkpoint "
+                             "(sets --d-in/--features/--k from the run); which latents fire decides the cost "
+                             "of the sparse paths")
     parser.add_argument("--json", type=Path, default=None, help="write all numbers to this JSON file")
 
 
@@ -67,12 +75,38 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"--archs: unknown {unknown}; valid: {', '.join(_ARCHS)}")
     archs = [_ARCHS[a] for a in args.archs.split(",")]
+    trained = None
+    if args.from_run:
+        from jaxdict.sae.io import load_run
+
+        from jaxdict.sae.params import fold_input_scale
+
+        sae = load_run(args.from_run)
+        # load_run folds the input scale into the weights (raw units); the train step wants them as
+        # trained, on x · input_scale (its unit-norm decoder and Adam step assume that scale).
+        scale = sae.extra["input_scale"]
+        trained = (sae.cfg.arch, fold_input_scale(sae.params, 1.0 / scale), scale)
+        args.d_in, args.features, args.k = sae.cfg.d_in, sae.cfg.n_features, sae.cfg.k
+        print(f"from run: {args.from_run} step {sae.step} ({sae.cfg.arch}, d_in={sae.cfg.d_in}, "
+              f"F={sae.cfg.n_features}, k={sae.cfg.k})")
+    batch = None
+    if args.store:
+        from jaxdict.store.reader import open_store
+
+        store = open_store(args.store)
+        store.check_compatible(args.d_in)
+        stop = args.store_offset + args.batch_size
+        if args.store_offset < 0 or stop > store.n_rows:
+            raise SystemExit(f"--store-offset {args.store_offset}: the store has {store.n_rows} rows, "
+                             f"a batch needs {args.batch_size} from there")
+        batch = store.read(args.store_offset, stop)
+        print(f"batch: rows {args.store_offset}..{stop} of {args.store}")
     print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} "
           f"device(s), jax {jax.__version__}, python {sys.version.split()[0]}")
     print(f"shape: d_in={args.d_in} F={args.features} B={args.batch_size} k={args.k} dtype={args.dtype} mesh={args.mesh}")
     result = run_step_suite(d_in=args.d_in, n_features=args.features, batch_size=args.batch_size, k=args.k,
                             compute_dtype=args.dtype, archs=archs, iters=args.iters,
-                            mesh_shape=_parse_mesh(args.mesh))
+                            mesh_shape=_parse_mesh(args.mesh), batch=batch, trained=trained)
     if args.saelens:
         from jaxdict.bench.saelens import measure_saelens_step, saelens_available
 

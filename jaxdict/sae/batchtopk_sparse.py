@@ -29,7 +29,7 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxdict.sae.sharded_ops import DATA, MODEL, _reduce_to_type_of, kth_largest, top_k
+from jaxdict.sae.sharded_ops import DATA, MODEL, _reduce_to_type_of, cutoff_from_candidates, top_k
 
 # Sharded meshes give each (data, model) block its share of the B·k budget times this slack: the
 # batch's active entries are not split evenly across data shards (rows differ in density) nor
@@ -219,9 +219,6 @@ def batchtopk_sparse(
     # Under shard_map every collective runs (a size-1 axis costs nothing) so that values are typed
     # consistently: psum / pmax results are replicated, which the out_specs rely on.
     if sharded:
-        def gather_model(a, axis):
-            return lax.all_gather(a, MODEL, axis=axis, tiled=True)
-
         def pmax_all(a):
             return lax.pmax(a, (DATA, MODEL))
 
@@ -231,18 +228,12 @@ def batchtopk_sparse(
         def psum_model(a):
             return lax.psum(a, MODEL)
     else:
-        gather_model = _identity
         pmax_all = psum_data = psum_model = _identity
 
     def local(x_block, W_enc_block, b_enc_block, W_dec_block, z_block):
         z_stop = lax.stop_gradient(z_block)
         cand_values, cand_features = top_k(z_stop, m_local)
-        row_top = top_k(gather_model(cand_values, 1), m)[0] if sharded else cand_values
-        # row_top is identical on every model shard: count over the data axis only.
-        cutoff = pmax_all(kth_largest(row_top, n_keep, (DATA,) if sharded else ()))
-        cutoff_exact = (pmax_all(jnp.max(row_top[:, -1])) <= cutoff) | (m == n_features)
-        cutoff = lax.cond(cutoff_exact, lambda: cutoff,
-                          lambda: kth_largest(z_stop, n_keep, (DATA, MODEL) if sharded else ()))
+        cutoff = cutoff_from_candidates(z_stop, cand_values, n_keep, overflow_rows, (DATA, MODEL) if sharded else ())
 
         # A row's candidates hold all its active entries iff its last candidate is inactive (entries
         # below it are no larger). Rows where it is active overflow: they are decoded densely.
