@@ -15,6 +15,7 @@ from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.forward import ForwardOutput, dense_decode, encoder_input, forward
 from jaxdict.sae.jumprelu import heaviside_step
 from jaxdict.sae.params import SAEParams, decoder_row_norms
+from jaxdict.sae.relu_l1 import relu_l1_encode_decode
 
 
 def per_token_sq_error(x: Float[Array, "B d"], x_hat: Float[Array, "B d"]) -> Float[Array, " B"]:
@@ -58,6 +59,18 @@ def aux_k_loss(
     return jax.lax.cond(jnp.any(dead), with_dead, lambda _: jnp.zeros((), jnp.float32), None)
 
 
+def _relu_l1_loss(params, x, cfg, mesh, sparsity_coeff):
+    x_hat, colsum, counts = relu_l1_encode_decode(params, x, cfg, mesh)
+    mse = jnp.mean(per_token_sq_error(x, x_hat))
+    # λ Σ_i f_i ‖W_dec,i‖ (Anthropic April 2024): the decoder norm lives in the penalty. Its mean
+    # over tokens is colsum(f) · norms / B, and colsum(f) comes from the relu pass itself.
+    penalty = jnp.dot(colsum, decoder_row_norms(params)) / jnp.float32(x.shape[0])
+    zero = jnp.zeros((), jnp.float32)
+    out = ForwardOutput(x_hat=x_hat, pre_acts=None, latents=None, top_values=None, top_indices=None,
+                        fire_counts=counts, l0=None, batch_threshold=zero)
+    return mse + sparsity_coeff * penalty, (out, {"mse": mse, "sparsity_loss": penalty})
+
+
 def sae_loss(
     params: SAEParams,
     x: Float[Array, "B d"],
@@ -68,18 +81,19 @@ def sae_loss(
     dead: Bool[Array, " F"],
 ) -> tuple[Float[Array, ""], tuple[ForwardOutput, dict[str, Array]]]:
     """Total loss and its parts. `sparsity_coeff` is λ (ReLU-L1, after warm-up) or the L0/tanh
-    coefficient (JumpReLU); TopK-family ignore it. `dead` marks latents eligible for AuxK."""
+    coefficient (JumpReLU); TopK-family ignore it. `dead` marks latents eligible for AuxK.
+
+    For ReLU-L1 the returned ForwardOutput carries x_hat and fire_counts only (pre_acts, latents
+    and l0 are None): its [B, F] arrays are never materialised apart from f inside the fused
+    encode/decode (jaxdict/sae/relu_l1.py); call `forward` for them."""
+    if cfg.arch == "relu_l1":
+        return _relu_l1_loss(params, x, cfg, mesh, sparsity_coeff)
     out = forward(params, x, cfg, mesh, train=True)
     sq_err = per_token_sq_error(x, out.x_hat)
     mse = jnp.mean(sq_err)
     parts: dict[str, Array] = {"mse": mse}
     loss = mse
-    if cfg.arch == "relu_l1":
-        # λ Σ_i f_i ‖W_dec,i‖ (Anthropic April 2024): the decoder norm lives in the penalty.
-        penalty = jnp.mean(out.latents @ decoder_row_norms(params))
-        parts["sparsity_loss"] = penalty
-        loss = loss + sparsity_coeff * penalty
-    elif cfg.arch == "jumprelu":
+    if cfg.arch == "jumprelu":
         if cfg.jumprelu_penalty == "l0":
             penalty = jnp.mean(jnp.sum(heaviside_step(out.pre_acts, params.threshold, cfg.jumprelu_bandwidth), axis=-1))
         else:
