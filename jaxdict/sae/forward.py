@@ -28,6 +28,9 @@ class ForwardOutput:
     TopK path is sparse — then `top_values` / `top_indices` [B, k] carry the active latents.
     fire_counts: [F], on how many tokens of the batch each latent was active. l0: [B] active count.
     batch_threshold: BatchTopK's cut-off for this batch (0 for other architectures).
+    decode_fallback: 1 when sparse BatchTopK ran the dense maths for this batch, else 0 (None
+    elsewhere). `sae_loss` for ReLU-L1 returns x_hat and fire_counts only (pre_acts, latents and
+    l0 None: its fused step never materialises them; see sae/relu_l1.py) — call `forward` for them.
     """
 
     x_hat: Float[Array, "B d"]
@@ -38,7 +41,6 @@ class ForwardOutput:
     fire_counts: Float[Array, " F"]
     l0: Float[Array, " B"]
     batch_threshold: Float[Array, ""]
-    # 1 when BatchTopK's sparse path had to run the dense maths for this batch (see batchtopk_sparse).
     decode_fallback: Optional[Float[Array, ""]] = None
 
 
