@@ -289,3 +289,17 @@ def test_kth_largest_by_bisection_equals_sorting():
     for n in (1, 2, 7, 44, 45, 300, len(values) - 1, len(values)):
         got = float(jax.jit(lambda v, n=n: sharded_ops.kth_largest(v, n))(values.reshape(8, -1)))
         assert got == float(descending[n - 1]), n
+
+
+@pytest.mark.parametrize("arch,k,n_features,sparse", [
+    ("topk", 64, 16384, True), ("topk", 256, 16384, True), ("topk", 512, 16384, False),
+    ("batchtopk", 64, 16384, True), ("batchtopk", 128, 16384, True), ("batchtopk", 256, 16384, False),
+    ("relu_l1", 64, 16384, False),
+])
+def test_auto_decode_picks_the_path_measured_faster(arch, k, n_features, sparse):
+    """"auto" follows the side-by-side CPU measurements quoted in SAEConfig.uses_sparse_decode."""
+    cfg = SAEConfig(arch=arch, d_in=640, n_features=n_features, k=k)
+    assert cfg.uses_sparse_decode is sparse
+    assert dataclasses.replace(cfg, decode="dense").uses_sparse_decode is False
+    if arch != "relu_l1":
+        assert dataclasses.replace(cfg, decode="sparse").uses_sparse_decode is True
