@@ -40,6 +40,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _is_bad_input(err: Exception) -> bool:
+    if isinstance(err, (ValueError, FileNotFoundError)):
+        return True
+    # A store error can only come from a command that imported the store package: look it up there
+    # rather than import tensorstore into every command.
+    store_errors = sys.modules.get("jaxdict.store.errors")
+    return store_errors is not None and isinstance(err, store_errors.StoreError)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
@@ -51,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"jaxdict.commands.{args.command}")
     try:
         return int(module.run(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        # Bad input found by a command (a wrong path, a value out of range): one clear line, exit 1.
+    except Exception as err:
+        if not _is_bad_input(err):
+            raise
+        # Bad input found by a command (a wrong path, a value out of range, a missing or corrupt
+        # store): one clear line, exit 1.
         print(f"jaxdict {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -65,6 +65,11 @@ def test_bench_command_writes_json(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "jaxdict.cli", "bench", "step", "--archs", "relu,topk"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "unknown ['relu']" in bad.stderr
+    # A store error is bad input too: one line naming the path, no traceback.
+    missing = subprocess.run([sys.executable, "-m", "jaxdict.cli", "bench", "step", "--store", str(tmp_path / "none")],
+                             capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == f"jaxdict bench: error: no activation store at {tmp_path / 'none'} (missing store.json)"
 
 
 def test_bench_from_a_trained_run_on_store_rows(tmp_path, devices):

@@ -61,9 +61,8 @@ def single_process_reference(cfg):
     return state
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one(tmp_path):
-    cfg = config()
+def launch_two_processes(cfg, tmp_path):
+    """`jaxdict train` of `cfg` as two jax.distributed processes of 2 CPU devices each."""
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps(cfg.to_dict()))
     run_dir = tmp_path / "run"
@@ -74,6 +73,13 @@ def test_two_processes_train_like_one(tmp_path):
         [sys.executable, "-m", "jaxdict.cli", "train", "--config", str(cfg_file), "--out", str(run_dir),
          "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i), "--cpu-devices", "2"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    return procs, run_dir
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path):
+    cfg = config()
+    procs, run_dir = launch_two_processes(cfg, tmp_path)
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-4000:]
@@ -102,16 +108,7 @@ def test_sigterm_to_both_processes_stops_them_at_one_step_with_a_checkpoint(tmp_
     cfg = config()
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, total_steps=100000),
                               run=dataclasses.replace(cfg.run, checkpoint_every=0))
-    cfg_file = tmp_path / "cfg.json"
-    cfg_file.write_text(json.dumps(cfg.to_dict()))
-    run_dir = tmp_path / "run"
-    port = str(_free_port())
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", JAX_NUMPY_DTYPE_PROMOTION="strict")
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "jaxdict.cli", "train", "--config", str(cfg_file), "--out", str(run_dir),
-         "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i), "--cpu-devices", "2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs, run_dir = launch_two_processes(cfg, tmp_path)
     deadline = time.time() + 240
     metrics = run_dir / "metrics.jsonl"
     while not (metrics.is_file() and metrics.read_text().strip()):

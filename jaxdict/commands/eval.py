@@ -96,16 +96,9 @@ def _from_store(args, sae, result: dict):
 
     from jaxdict.evaluate import heldout
     from jaxdict.evaluate.metrics import ActivationMetrics
-    from jaxdict.store import open_store
 
-    store_path = args.store or sae.extra.get("store")
-    if store_path is None:
-        raise ValueError(f"{args.run} records no activation store; pass --store PATH (or --corpus TEXT)")
-    store = open_store(store_path)
-    meta = store.metadata
-    sae.check_compatible(meta.get("model"), meta.get("hook"), f"store {store_path}")
-    if store.d_in != sae.d_in:
-        raise ValueError(f"store {store_path} holds d_in={store.d_in} activations; the SAE takes d_in={sae.d_in}")
+    store = heldout.open_sae_store(sae, args.store, args.run, "pass --store PATH (or --corpus TEXT)")
+    store_path, meta = store.path, store.metadata
     ranges = heldout.split_ranges(store, args.split, args.eval_fraction, max_rows=args.tokens)
     n_rows = sum(b - a for a, b in ranges)
     if n_rows == 0:

@@ -42,7 +42,6 @@ def run(args: argparse.Namespace) -> int:
     from jaxdict.evaluate.explorer import scan_features, search_text
     from jaxdict.evaluate.feature_pages import feature_pages, index_rows
     from jaxdict.sae.io import load_sae
-    from jaxdict.store import open_store
 
     if args.tokens < 1 or args.pages < 0 or args.n_top < 1:
         raise ValueError(f"--tokens ({args.tokens}) and --n-top ({args.n_top}) must be >= 1, "
@@ -51,14 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if args.eval_fraction is None:  # the split the run held out while training
         args.eval_fraction = float(sae.extra.get("eval_fraction") or 0.01)
     chosen = [sae.check_feature(i) for i in args.features] if args.features else None
-    store_path = args.store or sae.extra.get("store")
-    if store_path is None:
-        raise ValueError(f"{args.run} records no activation store; pass --store PATH")
-    store = open_store(store_path)
-    meta_info = store.metadata
-    sae.check_compatible(meta_info.get("model"), meta_info.get("hook"), f"store {store_path}")
-    if store.d_in != sae.d_in:
-        raise ValueError(f"store {store_path} holds d_in={store.d_in}; the SAE takes d_in={sae.d_in}")
+    store = heldout.open_sae_store(sae, args.store, args.run)
+    store_path, meta_info = store.path, store.metadata
     model = args.model or sae.model or meta_info.get("model")
     if model is None:
         raise ValueError("neither the SAE nor the store names its model; pass --model")

@@ -15,6 +15,22 @@ from jaxdict.store.split import SPLITS, doc_unit_hash, split_mask  # noqa: F401 
 in_split = split_mask
 
 
+def open_sae_store(sae, store_arg: str | None, run: str, how_else: str = "pass --store PATH"):
+    """The activation store an evaluation reads: `store_arg`, else the one the SAE was trained on,
+    checked to hold the SAE's model, hook and width."""
+    from jaxdict.store import open_store
+
+    store_path = store_arg or sae.extra.get("store")
+    if store_path is None:
+        raise ValueError(f"{run} records no activation store; {how_else}")
+    store = open_store(store_path)
+    meta = store.metadata
+    sae.check_compatible(meta.get("model"), meta.get("hook"), f"store {store_path}")
+    if store.d_in != sae.d_in:
+        raise ValueError(f"store {store_path} holds d_in={store.d_in} activations; the SAE takes d_in={sae.d_in}")
+    return store
+
+
 def split_ranges(store, split: str, eval_fraction: float, max_rows: int | None = None
                  ) -> list[tuple[int, int]]:
     """[start, stop) row ranges of `store` in `split`, in row order, at most `max_rows` rows."""

@@ -44,7 +44,7 @@ class ForwardOutput:
     decode_fallback: Optional[Float[Array, ""]] = None
 
 
-def _constrain(a: Array, mesh: Mesh | None, spec: P) -> Array:
+def constrain_sharding(a: Array, mesh: Mesh | None, spec: P) -> Array:
     return a if mesh is None else jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec))
 
 
@@ -69,7 +69,7 @@ def pre_activations(params: SAEParams, x: Float[Array, "B d"], cfg: SAEConfig, m
     cdt = jnp.dtype(cfg.compute_dtype)
     z = jnp.dot(x.astype(cdt), params.W_enc.astype(cdt), preferred_element_type=jnp.float32)
     z = z + effective_encoder_bias(params, cfg)
-    return _constrain(z, mesh, P(sharded_ops.DATA, sharded_ops.MODEL))
+    return constrain_sharding(z, mesh, P(sharded_ops.DATA, sharded_ops.MODEL))
 
 
 def dense_decode(params: SAEParams, f: Float[Array, "B F"], cfg: SAEConfig) -> Float[Array, "B d"]:
@@ -117,7 +117,7 @@ def forward(
     counts = jnp.zeros((cfg.n_features,), jnp.float32).at[indices.reshape(-1)].add(
         active.reshape(-1).astype(jnp.float32)
     )
-    counts = _constrain(counts, mesh, P(sharded_ops.MODEL))
+    counts = constrain_sharding(counts, mesh, P(sharded_ops.MODEL))
     return ForwardOutput(
         x_hat=x_hat,
         # No gradient through the dense z on this path: its backward would be a dense B×d×F
@@ -145,7 +145,7 @@ def _batchtopk_sparse_output(params, x, z, cfg, mesh) -> ForwardOutput:
         latents=None,
         top_values=None,
         top_indices=None,
-        fire_counts=_constrain(result.fire_counts, mesh, P(sharded_ops.MODEL)),
+        fire_counts=constrain_sharding(result.fire_counts, mesh, P(sharded_ops.MODEL)),
         l0=result.l0,
         batch_threshold=jnp.maximum(result.cutoff, 0.0),
         decode_fallback=result.dense_fallback.astype(jnp.float32),

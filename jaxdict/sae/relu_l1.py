@@ -35,11 +35,12 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 from jaxtyping import Array, Float
 
 from jaxdict.sae import sharded_ops
 from jaxdict.sae.config import SAEConfig
+from jaxdict.sae.forward import constrain_sharding
 from jaxdict.sae.params import SAEParams
 
 _F32 = jnp.float32
@@ -48,10 +49,6 @@ _F32 = jnp.float32
 BLOCK_ROWS = 64
 
 _BF = P(sharded_ops.DATA, sharded_ops.MODEL)
-
-
-def _constrain(a: Array, mesh: Mesh | None, spec: P) -> Array:
-    return a if mesh is None else lax.with_sharding_constraint(a, NamedSharding(mesh, spec))
 
 
 def _dot(a: Array, b: Array, contract: tuple[tuple[int, ...], tuple[int, ...]]) -> Array:
@@ -110,7 +107,7 @@ def _make_encode_decode(compute_dtype: str, mesh: Mesh | None):
         return a if cdt == _F32 else a.astype(cdt).astype(_F32)
 
     def primal(x, W_enc, b_enc, W_dec, b_dec):
-        z = _constrain(_dot(x.astype(cdt), W_enc.astype(cdt), ((1,), (0,))), mesh, _BF)
+        z = constrain_sharding(_dot(x.astype(cdt), W_enc.astype(cdt), ((1,), (0,))), mesh, _BF)
         f, colsum, counts = _relu_stats(z, b_enc, mesh)
         x_hat = _dot(f.astype(cdt), W_dec.astype(cdt), ((1,), (0,))) + b_dec
         return (x_hat, colsum, counts), f
@@ -128,7 +125,7 @@ def _make_encode_decode(compute_dtype: str, mesh: Mesh | None):
         g_xhat, g_colsum, _ = cotangents  # counts are piecewise constant: no gradient
         df = as_autodiff_rounds(_dot(g_xhat, W_dec.astype(cdt), ((1,), (1,))))
         # The mask reads f (relu's derivative where z + b > 0, i.e. f > 0); written over df.
-        dz = _constrain(jnp.where(f > 0, df + g_colsum[None, :], 0.0), mesh, _BF)
+        dz = constrain_sharding(jnp.where(f > 0, df + g_colsum[None, :], 0.0), mesh, _BF)
         d_x = as_autodiff_rounds(_dot(dz, W_enc.astype(cdt), ((1,), (1,))))  # dropped by XLA in training
         d_W_enc = as_autodiff_rounds(_dot(x.astype(cdt), dz, ((0,), (0,))))
         d_b_enc = _colsum(dz)
