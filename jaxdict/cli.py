@@ -19,7 +19,7 @@ COMMANDS: dict[str, str] = {
     "scaling": "fit scaling laws to a finished sweep and plot them",
     "eval": "evaluate an SAE: fvu, l0, dead/dense fractions, and delta_ce / kl spliced into the LM",
     "features": "explore features: top contexts, logit effects, neighbours, HTML dashboard, search",
-    "steer": "clamp features while the LM generates and measure the effect",
+    "steer": "clamp features while the LM generates and measure the effect (BOS left alone)",
     "export": "export an SAE to the SAELens layout or import SAELens / Gemma Scope weights",
     "bench": "measure train-step, loader and harvester throughput",
     "quickstart": "the whole pipeline end to end on the embedded default (Gemma 3 270M)",

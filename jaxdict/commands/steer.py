@@ -1,6 +1,6 @@
 """`jaxdict steer RUN --feature I --strength 0 5 10 -5 --prompt "..." --out DIR`: clamp features
 while the LM generates, keep the SAE error term, and measure the effect. Writes steer.json,
-steer.txt and steer.html."""
+steer.txt and steer.html. Position 0 (BOS) is never clamped unless --include-bos."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="max_activations.npy or the output folder of `jaxdict features` "
                              "(default: the one stored with the SAE, if any)")
     parser.add_argument("--model", default=None, help="language model (default: the SAE's)")
+    parser.add_argument("--include-bos", action="store_true",
+                        help="also clamp position 0 (BOS). Off by default: BOS is an attention sink the "
+                             "SAE never saw (never harvested); editing it moves every later token for "
+                             "reasons unrelated to the feature")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     for p in args.prompt:  # refuse bad prompts before any generation
         check_prompt(lm, lm.tokenizer.encode(p), args.max_new_tokens)
     results = [steer_prompt(lm, sae, p, args.feature, args.strength, args.max_new_tokens,
-                            args.temperature, args.seed) for p in args.prompt]
+                            args.temperature, args.seed, include_bos=args.include_bos) for p in args.prompt]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "steer.json").write_text(json.dumps(results, indent=1))

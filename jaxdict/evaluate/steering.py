@@ -2,12 +2,16 @@
 
 At the SAE's hook, x = SAE(x) + err(x). Steering replaces SAE(x) by the reconstruction with the
 chosen features clamped to c · max_i (max_i: the feature's largest activation on the corpus
-sample) and keeps err(x), at every position — prompt (BOS included) and generated tokens alike:
+sample) and keeps err(x), at every position after BOS — prompt and generated tokens alike:
 
     x' = decode(f with f_i := c·max_i) + (x − decode(f)) = x + Σ_i (c·max_i − f_i) · W_dec,i
 
 The right-hand form is the same for a linear decoder and returns x exactly when the clamp equals
 the current value (no round-off from decoding twice).
+
+Position 0 (BOS) is left alone by default (DESIGN §4): BOS is an attention sink whose residual is
+an outlier the SAE never saw (it is never harvested, and the spliced metrics skip it too); editing
+it moves every later token for reasons unrelated to the feature. `include_bos=True` edits it too.
 
 Effects, measured against the unsteered (baseline) continuation of each prompt:
   kl          mean KL(p_baseline ‖ p_steered) of the next-token distributions along the baseline
@@ -30,33 +34,64 @@ from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.inference import SAE, encode_raw
 
 
-@functools.lru_cache(maxsize=None)
-def clamp_edit(cfg: SAEConfig):
-    """fn(x, (params, idx [n] int32, values [n] float32)) -> x with features idx clamped to values.
+def _position_mask(positions: jax.Array | None, include_bos: bool, ndim: int) -> jax.Array | None:
+    """[..., 1] float mask of the positions an edit may change (None: all of them)."""
+    if positions is None or include_bos:
+        return None
+    return (positions != 0).astype(jnp.float32).reshape(positions.shape + (1,) * (ndim - positions.ndim))
 
-    One function object per SAE config, so the LM compiles each edit shape once.
+
+@functools.lru_cache(maxsize=None)
+def clamp_edit(cfg: SAEConfig, include_bos: bool = False):
+    """fn(x, (params, idx [n] int32, values [n] float32)[, positions]) -> x with features idx
+    clamped to values. Inside the LM the edit receives the positions and leaves position 0 alone
+    unless include_bos; called directly on activations (no positions) it edits every row.
+
+    One function object per (SAE config, include_bos), so the LM compiles each edit shape once.
     """
 
-    def clamp(x: jax.Array, args: Any) -> jax.Array:
+    def clamp(x: jax.Array, args: Any, positions: jax.Array | None = None) -> jax.Array:
         params, idx, values = args
         f = encode_raw(params, x, cfg)
         current = jnp.take(f, idx, axis=-1)  # [..., n]
         rows = jnp.take(params.W_dec, idx, axis=0)  # [n, d]
         delta = jnp.einsum("...n,nd->...d", values - current, rows)
+        keep = _position_mask(positions, include_bos, x.ndim)
+        if keep is not None:
+            delta = delta * keep
         return (x.astype(jnp.float32) + delta).astype(x.dtype)
 
+    clamp.uses_positions = True
     return clamp
 
 
-def steering_edit(sae: SAE, features: Sequence[int], values: Sequence[float]) -> dict[str, Any]:
-    """The LM `edits` mapping that clamps `features` to absolute `values` at the SAE's hook."""
+@functools.lru_cache(maxsize=None)
+def add_vector_edit(include_bos: bool = False):
+    """fn(x, vector [d][, positions]) -> x + vector at every position (position 0 excluded
+    unless include_bos): the edit of DiffMean and random-direction steering."""
+
+    def add(x: jax.Array, vector: Any, positions: jax.Array | None = None) -> jax.Array:
+        delta = jnp.broadcast_to(jnp.asarray(vector, jnp.float32), x.shape)
+        keep = _position_mask(positions, include_bos, x.ndim)
+        if keep is not None:
+            delta = delta * keep
+        return (x.astype(jnp.float32) + delta).astype(x.dtype)
+
+    add.uses_positions = True
+    return add
+
+
+def steering_edit(sae: SAE, features: Sequence[int], values: Sequence[float],
+                  include_bos: bool = False) -> dict[str, Any]:
+    """The LM `edits` mapping that clamps `features` to absolute `values` at the SAE's hook
+    (position 0 untouched unless include_bos)."""
     if sae.hook is None:
         raise ValueError("the SAE records no hook; load it with hook='resid_post.L'")
     idx = jnp.asarray([sae.check_feature(i) for i in features], jnp.int32)
     vals = jnp.asarray(np.asarray(values, np.float32).reshape(-1))
     if vals.shape != idx.shape:
         raise ValueError(f"{len(features)} features but {vals.shape[0]} clamp values")
-    return {sae.hook: (clamp_edit(sae.cfg), (sae.params, idx, vals))}
+    return {sae.hook: (clamp_edit(sae.cfg, bool(include_bos)), (sae.params, idx, vals))}
 
 
 @jax.jit
@@ -86,8 +121,8 @@ def check_prompt(lm, ids: Sequence[int], max_new_tokens: int) -> None:
 
 
 def steer_prompt(lm, sae: SAE, prompt: str, features: Sequence[int], strengths: Sequence[float],
-                 max_new_tokens: int = 40, temperature: float = 0.0, seed: int = 0, n_promoted: int = 10
-                 ) -> dict[str, Any]:
+                 max_new_tokens: int = 40, temperature: float = 0.0, seed: int = 0, n_promoted: int = 10,
+                 include_bos: bool = False) -> dict[str, Any]:
     """Baseline and steered continuations of one prompt for every strength c, with their effects."""
     if sae.max_activations is None:
         raise ValueError("the SAE has no max activations; run `jaxdict features` and pass its "
@@ -109,7 +144,7 @@ def steer_prompt(lm, sae: SAE, prompt: str, features: Sequence[int], strengths: 
     runs = []
     for c in strengths:
         values = np.float32(c) * maxes
-        edit = steering_edit(sae, features, values)
+        edit = steering_edit(sae, features, values, include_bos)
         new = lm.generate(ids, max_new_tokens, temperature=temperature, seed=seed, edits=edit)
         kl, dlogp = jax.device_get(_compare(base_logits, lm.logits(base_seq, edits=edit), positions,
                                             jnp.asarray(promoted_ids, jnp.int32)))
@@ -117,6 +152,7 @@ def steer_prompt(lm, sae: SAE, prompt: str, features: Sequence[int], strengths: 
                      "text": tok.decode(new), "ids": new, "kl": float(kl), "dlogp_promoted": float(dlogp),
                      "readback": _readback(lm, sae, ids + new, len(ids), features)})
     return {"prompt": prompt, "features": features, "max_activations": [float(m) for m in maxes],
+            "include_bos": bool(include_bos),
             "promoted_tokens": [tok.id_to_piece(int(t)) for t in promoted_ids],
             "baseline": {"text": tok.decode(baseline), "ids": baseline,
                          "readback": _readback(lm, sae, ids + baseline, len(ids), features)},

@@ -121,7 +121,8 @@ def forward(params: dict[str, Any], ids: Array, mask: Array, edit_args: Sequence
             ) -> tuple[dict[int, Array], Array | None, list[tuple[Array, Array]]]:
     """Run the first `n_blocks` blocks on ids [B, S] (mask [B, S], True = real, right-padded).
 
-    `edit_spec[i] = (layer, fn)` replaces resid_post.layer by fn(x, edit_args[i]). Returns
+    `edit_spec[i] = (layer, fn)` replaces resid_post.layer by fn(x, edit_args[i]) (by
+    fn(x, edit_args[i], positions) when fn.uses_positions is true). Returns
     ({layer: resid_post [B, S, d]} for `hook_layers`, logits [B, S, V] or None, new KV pairs).
     With `kv_cache` ([B, T, K, hd] pairs), tokens sit at positions start.. start+S-1 and attend
     to every earlier cache entry (generation); otherwise positions are 0..S-1.
@@ -145,7 +146,9 @@ def forward(params: dict[str, Any], ids: Array, mask: Array, edit_args: Sequence
         new_kv.append(kv)
         if i in edits:
             fn, args = edits[i]
-            x = fn(x, args)
+            # An edit that marks itself `uses_positions` also gets the absolute positions [B, S]
+            # (steering leaves position 0, BOS, alone; generation steps start past it).
+            x = fn(x, args, q_pos) if getattr(fn, "uses_positions", False) else fn(x, args)
         if i in hook_layers:
             hooks[i] = x
     logits = unembed(params, x, config) if with_logits else None
