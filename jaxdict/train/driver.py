@@ -32,8 +32,8 @@ from jaxdict.train.mesh import check_divisible, make_mesh
 from jaxdict.train.metrics_log import MetricsLog, Progress, read_metrics
 from jaxdict.train.run_setup import (RESULT_FILE, DataSources, open_sources, prepare_run_dir, read_json,
                                      resolve, write_result)
-from jaxdict.train.state import add_leading_axis, create_state, init_state, state_specs, to_shardings
-from jaxdict.train.step import TrainStep
+from jaxdict.train.state import create_state
+from jaxdict.train.step_builder import abstract_member_state, build_train_step
 
 Callback = Callable[[str, int], None]  # (event, step): "step" after a step, "saved" after a save starts
 
@@ -124,9 +124,8 @@ def train_group(
 
         multihost_utils.sync_global_devices("jaxdict run folders ready")
 
-    abstract = jax.eval_shape(lambda k: init_state(sae, optim, k), jax.random.PRNGKey(0))
-    specs = state_specs(sae, optim, abstract)
-    shardings = to_shardings(mesh, specs)
+    built = build_train_step(base, mesh, sweep_size=n if n > 1 else None)
+    abstract, shardings = abstract_member_state(base), built.member_shardings
     managers = [ckpt.make_manager(d, base.run.keep, base.run.async_checkpoint) for d in run_dirs]
     common = set.intersection(*[set(m.all_steps()) for m in managers]) if all(existed) else set()
     start = max(common) if common else 0
@@ -150,20 +149,19 @@ def train_group(
                                               np.float32), shardings.params.b_dec)
             states = [s.replace(params=s.params.replace(b_dec=b_dec)) for s in states]
 
-    sweep = n if n > 1 else None
+    sweep, shardings_n = built.sweep_size, built.state_shardings
     if sweep:
-        shardings_n = to_shardings(mesh, add_leading_axis(specs))
         state = jax.jit(lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s), out_shardings=shardings_n)(*states)
         unstack = jax.jit(lambda s: tuple(jax.tree.map(lambda x: x[i], s) for i in range(n)),
                           out_shardings=tuple([shardings] * n))
     else:
-        shardings_n, state = shardings, states[0]
+        state = states[0]
         unstack = lambda s: (s,)  # noqa: E731
     del states
-    step_fn = TrainStep(sae, optim, mesh, shardings_n, base.data.batch_size, sweep_size=sweep)
+    step_fn = built.step
     loader = ActivationLoader(sources.train, base.data.batch_size, mesh, seed=base.data.seed,
                               slab_rows=min(base.data.slab_rows, sources.train.n_rows // jax.process_count()),
-                              shuffle_buffer_rows=base.data.shuffle_buffer_rows)
+                              shuffle_buffer_rows=base.data.shuffle_buffer_rows, dtype=built.abstract_batch.dtype)
     it = iter(loader)
     if data_state is not None:
         it.set_state(data_state)
