@@ -9,6 +9,7 @@ import pytest
 
 from jaxdict.data import ActivationLoader, ArraySource
 from jaxdict.sae.config import ConfigError, SAEConfig
+from jaxdict import run_layout
 from jaxdict.train import checkpoint as ckpt
 from jaxdict.train.config import DataConfig, MeshConfig, RunConfig, RunSettings
 from jaxdict.train.driver import train, train_group
@@ -16,7 +17,7 @@ from jaxdict.train.mesh import make_mesh
 from jaxdict.train.metrics_log import read_metrics
 from jaxdict.train.optim import OptimConfig
 from jaxdict.train.run_setup import DataSources, RunDirConflict, input_scale_from_rows
-from jaxdict.train.state import init_state, state_specs
+from saved_state import saved_params, saved_state
 
 D, F, B = 16, 64, 64
 
@@ -35,8 +36,8 @@ def tiny(name="r", steps=20, arch="relu_l1", mesh=(2, 4), **run) -> RunConfig:
 
 
 def params_of(run_dir, step=None):
-    """The saved params item as numpy (what the evaluator reads)."""
-    return ckpt.load_params(run_dir, step)
+    """The saved params item as numpy, read by the resume path."""
+    return saved_params(run_dir, step)
 
 
 class Crash(Exception):
@@ -71,6 +72,9 @@ def test_layout_and_resume_after_crash_is_bitwise(tmp_path):
     assert cfg["data"]["d_in"] == D and cfg["sae"]["n_features"] == F and cfg["data"]["model"] == "planted"
     assert json.loads((tmp_path / "full" / "result.json").read_text())["eval"]["fvu"] == ev[0]["fvu"]
     assert list((tmp_path / "full" / "tb").iterdir())
+    # format version 2: the run folder's format.json and each checkpoint's format item
+    assert run_layout.run_format_version(tmp_path / "full") == run_layout.FORMAT_VERSION == 2
+    assert run_layout.checkpoint_format_version(tmp_path / "cut", 20) == 2
 
 
 def test_restore_8_device_checkpoint_onto_4_devices(tmp_path):
@@ -79,9 +83,9 @@ def test_restore_8_device_checkpoint_onto_4_devices(tmp_path):
         train(tiny(steps=20), run_dir, callback=crash_at(12))  # 2×4 mesh, checkpoint at 10
     cfg = tiny()
     mesh4 = make_mesh(2, 2, devices=jax.devices()[:4])
-    abstract = jax.eval_shape(lambda k: init_state(cfg.sae, cfg.optim, k), jax.random.PRNGKey(0))
-    state, data_iter, config = ckpt.restore_onto_mesh(run_dir, mesh4, abstract, state_specs(cfg.sae, cfg.optim, abstract))
-    assert int(state.step) == 10 and config["run"]["name"] == "r"
+    loaded = saved_state(run_dir, mesh=mesh4)
+    state, config = loaded.value, loaded.json["config"]
+    assert loaded.step == 10 and int(state.step) == 10 and config["run"]["name"] == "r"
     assert state.params.W_enc.sharding.mesh.devices.size == 4
     saved = params_of(run_dir, 10)
     np.testing.assert_array_equal(np.asarray(state.params.W_dec), saved["W_dec"])

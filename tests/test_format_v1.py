@@ -79,3 +79,40 @@ def test_v1_interrupted_run_resumes(tmp_path, capsys):
     sae = load_sae(run)
     assert sae.step == 8 and all(np.isfinite(np.asarray(v)).all() for v in vars(sae.params).values()
                                  if v is not None)
+
+
+@pytest.mark.parametrize("arch,step", [("jumprelu", 4), ("topk", 8)])
+def test_v1_train_state_restores_bitwise(tmp_path, arch, step):
+    """Every leaf of the train state (Adam moments and counters too) through the resume path, onto
+    the mesh that wrote it and onto one device; version 1's unused `rng` leaf is read and dropped."""
+    import jax
+
+    from jaxdict.train.mesh import make_mesh
+    from saved_state import saved_state
+
+    run = copy_of(f"run_{arch}", tmp_path)
+    want = expected(f"run_{arch}_state_{step}")
+    assert ".rng" in want
+    for mesh in (make_mesh(2, 4), None):
+        loaded = saved_state(run, step, mesh=mesh)
+        got = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(loaded.value)[0]}
+        assert sorted(got) == sorted(k for k in want if k != ".rng")
+        for k, v in got.items():
+            assert v.dtype == want[k].dtype, k
+            np.testing.assert_array_equal(v, want[k], err_msg=k)
+        assert loaded.json["data_iter"] == json.loads((V1 / "expected" / f"run_{arch}_data_iter_{step}.json").read_text())
+        assert loaded.json["config"]["run"]["name"] == f"v1-{arch}"
+
+
+def test_load_sae_prints_nothing(tmp_path, capfd, caplog):
+    """Loading reads only the params item: no absl warnings about the items it leaves alone."""
+    import logging
+
+    run = copy_of("run_jumprelu", tmp_path)
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING):
+        load_sae(run)
+        load_sae(copy_of("export_jumprelu", tmp_path))
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+    assert [r.getMessage() for r in caplog.records] == []

@@ -16,9 +16,10 @@ from jaxdict.train import checkpoint as ckpt
 from jaxdict.train.config import DataConfig, MeshConfig, RunConfig, RunSettings
 from jaxdict.train.mesh import batch_sharding, make_mesh
 from jaxdict.train.optim import OptimConfig
-from jaxdict.train.run_setup import open_sources
-from jaxdict.train.state import create_state
-from jaxdict.train.step import TrainStep
+from jaxdict.train.run_setup import initial_b_dec, open_sources
+from jaxdict.train.state import load_or_init_state
+from jaxdict.train.step_builder import build_train_step
+from saved_state import saved_params
 
 STEPS = 12
 
@@ -45,12 +46,11 @@ def single_process_reference(cfg):
     two processes' local batches (process p holds rows [p·B/2, (p+1)·B/2) of every batch)."""
     mesh = make_mesh(2, 2, devices=jax.devices()[:4])
     sources = open_sources(cfg)
-    state, shardings = create_state(cfg.sae, cfg.optim, mesh, seed=cfg.run.seed, input_scale=sources.input_scale,
-                                    hparams={"lr": cfg.optim.lr, "sparsity_coeff": cfg.sparsity_coeff})
-    # the driver's default init: b_dec = mean of the normalised training rows (run.init_b_dec="mean")
-    b_dec = np.asarray(sources.data_mean(cfg.data.scale_rows) * sources.input_scale, np.float32)
-    state = state.replace(params=state.params.replace(b_dec=jax.device_put(b_dec, shardings.params.b_dec)))
-    step = TrainStep(cfg.sae, cfg.optim, mesh, shardings, cfg.data.batch_size)
+    # the driver's own initial state (seed, input scale, hparams, b_dec) and step
+    state = load_or_init_state(cfg.sae, cfg.optim, mesh, seed=cfg.run.seed, input_scale=sources.input_scale,
+                               hparams={"lr": cfg.optim.lr, "sparsity_coeff": cfg.sparsity_coeff},
+                               b_dec=initial_b_dec(cfg, sources)).value
+    step = build_train_step(cfg, mesh).step
     slab = min(cfg.data.slab_rows, sources.train.n_rows // 2)
     local = [ActivationLoader(sources.train, cfg.data.batch_size, seed=cfg.data.seed, slab_rows=slab,
                               shuffle_buffer_rows=cfg.data.shuffle_buffer_rows, process_index=p,
@@ -90,7 +90,7 @@ def test_two_processes_train_like_one(tmp_path):
     assert ckpt.latest_step(run_dir) == 12
 
     # written by 2 processes × 2 devices, read here on one process (8 devices) without targets
-    saved = ckpt.load_params(run_dir)
+    saved = saved_params(run_dir)
     ref = single_process_reference(cfg)
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         np.testing.assert_allclose(saved[name], np.asarray(getattr(ref.params, name)), rtol=1e-5, atol=1e-7,

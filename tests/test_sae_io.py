@@ -46,25 +46,20 @@ def train_params(cfg: SAEConfig, x: np.ndarray, steps: int, seed: int = 0):
 
 def write_run(run_dir: Path, cfg: SAEConfig, params, input_scale: float, steps=(10,),
               model="gemma3-270m", hook="resid_post.9", store="unused") -> Path:
-    """A run folder in the driver's layout; each listed step holds the same params."""
-    import orbax.checkpoint as ocp
+    """A run folder in the driver's layout (`run_layout`); each listed step holds the same params
+    (the state item holds only the step: the evaluator never reads it)."""
+    from jaxdict import run_layout
 
     run_dir.mkdir(parents=True, exist_ok=True)
     doc = {"sae": dataclasses.asdict(cfg),
            "data": {"store": store, "model": model, "hook": hook, "d_in": cfg.d_in}}
-    (run_dir / "config.json").write_text(json.dumps(doc))
-    item = {"W_enc": params.W_enc, "b_enc": params.b_enc, "W_dec": params.W_dec, "b_dec": params.b_dec,
-            "input_scale": jnp.float32(input_scale)}
-    if params.threshold is not None:
-        item["threshold"] = params.threshold
-    mngr = ocp.CheckpointManager(run_dir / "checkpoints", item_names=("params", "state", "config"))
+    (run_dir / run_layout.CONFIG_FILE).write_text(json.dumps(doc))
+    item = run_layout.params_item(jax.tree.map(jnp.asarray, params), jnp.float32(input_scale))
+    manager = run_layout.make_manager(run_dir, keep=len(steps), async_save=False)
     for s in steps:
-        mngr.save(s, args=ocp.args.Composite(
-            params=ocp.args.StandardSave({k: jnp.asarray(v) for k, v in item.items()}),
-            state=ocp.args.StandardSave({"step": jnp.int32(s)}),
-            config=ocp.args.JsonSave(doc)))
-    mngr.wait_until_finished()
-    mngr.close()
+        run_layout.save(manager, s, item, {"step": jnp.int32(s)}, {}, doc)
+    manager.wait_until_finished()
+    manager.close()
     return run_dir
 
 

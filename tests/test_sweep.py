@@ -13,6 +13,7 @@ from jaxdict.scaling.results_table import load_results_table
 from jaxdict.sweep import SweepError, run_sweep, step_flops
 from jaxdict.sweep.plan import load_points, plan_groups
 from jaxdict.train import checkpoint as ckpt
+from saved_state import saved_params
 
 SWEEP = textwrap.dedent("""
     import dataclasses
@@ -94,8 +95,8 @@ def test_grouped_points_equal_separate_runs(sweep_file, tmp_path):
     run_sweep(spec, tmp_path / "grouped", only=["l1-a", "l1-b"], log=lambda m: None)
     run_sweep(spec, tmp_path / "separate", only=["l1-a", "l1-b"], group=False, log=lambda m: None)
     for name in ("l1-a", "l1-b"):
-        a = ckpt.load_params(tmp_path / "grouped" / name)
-        b = ckpt.load_params(tmp_path / "separate" / name)
+        a = saved_params(tmp_path / "grouped" / name)
+        b = saved_params(tmp_path / "separate" / name)
         for k in a:
             np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-6, err_msg=f"{name} {k}")
     grouped = {r["name"]: r for r in csv.DictReader(open(tmp_path / "grouped" / "results.csv"))}

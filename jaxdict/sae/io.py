@@ -2,10 +2,10 @@
 
 Every loader returns an `SAE` whose parameters act on raw activations. Layouts:
 
-- training run: `<run>/config.json` ({"sae": SAEConfig fields, "data": {"model", "hook", ...}})
-  and an Orbax CheckpointManager at `<run>/checkpoints/`; only the `params` item is restored
-  (W_enc, b_enc, W_dec, b_dec, [threshold], input_scale — trained on x · input_scale), as numpy,
-  so any device count can load it.
+- training run (layout and format versions: `jaxdict.run_layout`): `<run>/config.json`
+  ({"sae": SAEConfig fields, "data": {"model", "hook", ...}}) and its checkpoints; only the
+  `params` item is read (W_enc, b_enc, W_dec, b_dec, [threshold], input_scale — trained on
+  x · input_scale), onto one device, whatever mesh wrote it.
 - SAELens: `cfg.json` + `sae_weights.safetensors` (W_enc [d, F], b_enc, W_dec [F, d], b_dec,
   [threshold]); the encoder computes (x − b_dec·apply_b_dec_to_input) W_enc + b_enc.
 - Gemma Scope: `params.npz` of a JumpReLU with no pre-encoder bias (Lieberum et al. 2024).
@@ -24,10 +24,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdict import run_layout as layout
 from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.forward import uses_pre_encoder_bias
 from jaxdict.sae.inference import SAE
-from jaxdict.sae.params import SAEParams, fold_input_scale
+from jaxdict.sae.params import SAEParams, fold_input_scale, init_params
 
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -68,7 +69,7 @@ def load_sae(path: str | Path, step: int | None = None, *, model: str | None = N
     p = Path(path).expanduser()
     if p.is_file() and p.suffix == ".npz":
         sae = load_gemma_scope(p)
-    elif p.is_dir() and (p / "config.json").is_file() and (p / "checkpoints").is_dir():
+    elif p.is_dir() and (p / layout.CONFIG_FILE).is_file() and layout.checkpoint_dir(p).is_dir():
         sae = load_run(p, step)
     elif p.is_dir() and (p / SAELENS_CFG).is_file():
         sae = load_saelens(p)
@@ -90,12 +91,13 @@ def load_sae(path: str | Path, step: int | None = None, *, model: str | None = N
 
 # -- training runs ---------------------------------------------------------------------------------
 def read_run_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / layout.CONFIG_FILE
     try:
-        cfg = json.loads((run_dir / "config.json").read_text())
+        cfg = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise SAELoadError(f"{run_dir / 'config.json'} is not valid JSON: {e}") from e
+        raise SAELoadError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(cfg, dict) or "sae" not in cfg:
-        raise SAELoadError(f"{run_dir / 'config.json'} has no 'sae' section; not a jaxdict run folder")
+        raise SAELoadError(f"{path} has no 'sae' section; not a jaxdict run folder")
     return cfg
 
 
@@ -108,37 +110,32 @@ def sae_config_from_dict(fields: dict[str, Any], where: str) -> SAEConfig:
 
 
 def load_run(run_dir: str | Path, step: int | None = None) -> SAE:
-    """The `params` item of a training checkpoint (latest step, or `step`), folded to raw units."""
-    import orbax.checkpoint as ocp  # lazily: exported SAEs load without Orbax
+    """The `params` item of a training checkpoint (latest step, or `step`), folded to raw units.
+    Reads only that item (`run_layout.load_or_init`: shapes from the config, then arrays)."""
+    import jax
 
     run_dir = Path(run_dir).expanduser().resolve()
     run_cfg = read_run_config(run_dir)
-    cfg = sae_config_from_dict(run_cfg["sae"], str(run_dir / "config.json"))
+    cfg = sae_config_from_dict(run_cfg["sae"], str(run_dir / layout.CONFIG_FILE))
     data = run_cfg.get("data", {}) or {}
-    manager = ocp.CheckpointManager(
-        run_dir / "checkpoints",
-        item_handlers={"params": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()})
+    steps = layout.all_steps(run_dir)
+    if not steps:
+        raise SAELoadError(f"{layout.checkpoint_dir(run_dir)} holds no saved step yet")
+    if step is not None and step not in steps:
+        raise SAELoadError(f"step {step} was never saved in {run_dir}; saved steps: {steps}")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     try:
-        steps = sorted(manager.all_steps())
-        if not steps:
-            raise SAELoadError(f"{run_dir / 'checkpoints'} holds no saved step yet")
-        if step is None:
-            step = steps[-1]
-        elif step not in steps:
-            raise SAELoadError(f"step {step} was never saved in {run_dir}; saved steps: {steps}")
-        meta = manager.item_metadata(step)["params"]
-        target = {k: np.zeros(m.shape, m.dtype) for k, m in meta.items()}
-        restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
-    finally:
-        manager.close()
-    arrays = dict(restored["params"])
-    if "input_scale" not in arrays:
-        raise SAELoadError(f"checkpoint step {step} of {run_dir} has no input_scale in its params item")
-    params = _params_from_arrays(arrays, cfg, f"{run_dir} step {step}")
-    params = fold_input_scale(params, jnp.asarray(arrays["input_scale"], jnp.float32))
+        loaded = layout.load_or_init(
+            lambda key: layout.params_item(init_params(cfg, key), jnp.float32(1.0)), jax.random.PRNGKey(0),
+            shardings=lambda abstract: jax.tree.map(lambda _: device, abstract),
+            run_dir=run_dir, step=steps[-1] if step is None else step, init_if_missing=False)
+    except layout.CheckpointError as e:
+        raise SAELoadError(str(e)) from e
+    params, input_scale = layout.params_from_item(loaded.value)
+    params = fold_input_scale(params, input_scale)
     return SAE(cfg=cfg, params=params, model=data.get("model"), hook=data.get("hook"),
-               source=str(run_dir), step=int(step),
-               extra={"input_scale": float(np.asarray(arrays["input_scale"])), "store": data.get("store"),
+               source=str(run_dir), step=int(loaded.step),
+               extra={"input_scale": float(np.asarray(input_scale)), "store": data.get("store"),
                       "eval_fraction": data.get("eval_fraction")})
 
 
@@ -219,8 +216,8 @@ def export_saelens(sae: SAE, out_dir: str | Path) -> Path:
         # SAELens < 6 read these at the top level.
         "model_name": meta["model_name"], "hook_name": meta["hook_name"], "hook_layer": meta["hook_layer"],
         # Lossless round trip into jaxdict (SAELens ignores unknown fields).
-        "jaxdict": {"sae": dataclasses.asdict(cfg), "model": sae.model, "hook": sae.hook,
-                    "source": sae.source, "step": sae.step},
+        "jaxdict": {"format_version": layout.FORMAT_VERSION, "sae": dataclasses.asdict(cfg), "model": sae.model,
+                    "hook": sae.hook, "source": sae.source, "step": sae.step},
     }
     (out / SAELENS_CFG).write_text(json.dumps(doc, indent=1))
     if sae.max_activations is not None:
@@ -252,6 +249,10 @@ def load_saelens(folder: str | Path) -> SAE:
     hook = hook_from_saelens(meta.get("hook_name", doc.get("hook_name")))
     ours = doc.get("jaxdict")
     if ours:
+        try:  # exports before format versions were recorded are version 1
+            layout.check_version(ours.get("format_version", 1), str(folder / SAELENS_CFG))
+        except layout.CheckpointError as e:
+            raise SAELoadError(str(e)) from e
         cfg = sae_config_from_dict(ours["sae"], str(folder / SAELENS_CFG))
         model, hook = ours.get("model", model), ours.get("hook", hook)
     else:

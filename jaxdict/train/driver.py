@@ -21,6 +21,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import numpy as np
 
 from jaxdict.data import ActivationLoader
@@ -28,12 +29,12 @@ from jaxdict.sae.config import ConfigError
 from jaxdict.train import checkpoint as ckpt
 from jaxdict.train.config import RunConfig, group_key
 from jaxdict.train.heldout import HeldoutEval
-from jaxdict.train.mesh import check_divisible, make_mesh
+from jaxdict.train.mesh import make_mesh
 from jaxdict.train.metrics_log import MetricsLog, Progress, read_metrics
-from jaxdict.train.run_setup import (RESULT_FILE, DataSources, open_sources, prepare_run_dir, read_json,
-                                     resolve, write_result)
-from jaxdict.train.state import create_state
-from jaxdict.train.step_builder import abstract_member_state, build_train_step
+from jaxdict.train.run_setup import (RESULT_FILE, DataSources, initial_b_dec, open_sources, prepare_run_dir,
+                                     read_json, resolve, write_result)
+from jaxdict.train.state import TrainState, load_or_init_state
+from jaxdict.train.step_builder import BuiltStep, build_train_step
 
 Callback = Callable[[str, int], None]  # (event, step): "step" after a step, "saved" after a save starts
 
@@ -105,169 +106,249 @@ def train_group(
 ) -> list[RunResult]:
     """Train `cfgs` in one pass over the data (a sweep axis when there are several) until
     optim.total_steps, resuming from the run folders' latest common checkpoint."""
+    group = setup_group(cfgs, run_dirs, force=force, sources=sources, log=log)
+    loop = TrainLoop(group, callback=callback, profile_steps=profile_steps, log=log)
+    try:
+        done = loop.run()
+        loop.finish(done)
+    finally:
+        loop.close()
+    return loop.results(done)
+
+
+@dataclasses.dataclass
+class Group:
+    """A run group ready for its first step: configs, folders, data, mesh, the built step, the
+    checkpoint managers, the step it starts from and its (stacked) state and loader position."""
+
+    cfgs: list[RunConfig]
+    run_dirs: list[str]
+    resolved: list[dict]
+    sources: DataSources
+    mesh: Mesh
+    built: BuiltStep
+    managers: list
+    start: int
+    state: TrainState
+    data_state: dict | None
+
+    @property
+    def base(self) -> RunConfig:
+        return self.cfgs[0]
+
+    @property
+    def n(self) -> int:
+        return len(self.cfgs)
+
+
+def setup_group(cfgs: list[RunConfig], run_dirs: list[str] | None, *, force: bool = False,
+                sources: DataSources | None = None, log: Callable[[str], None] = print) -> Group:
+    """Sources and input scale → resolved configs and run folders → mesh and the built step →
+    restore (latest step common to every member) or initialise, stacked for a sweep axis."""
     _check_group(cfgs)
     run_dirs = [str(d) for d in (run_dirs or [c.run.out_dir for c in cfgs])]
     if any(not d for d in run_dirs):
         raise ConfigError("every run needs a folder: set run.out_dir or pass --out")
     base = cfgs[0]
-    sae, optim, n = base.sae, base.optim, len(cfgs)
-    is_main = jax.process_index() == 0
     mesh = make_mesh(base.mesh.data, base.mesh.model)
-    check_divisible(mesh, batch_size=base.data.batch_size, n_features=sae.n_features)
+    built = build_train_step(base, mesh, sweep_size=len(cfgs) if len(cfgs) > 1 else None)
     sources = sources or open_sources(base)
-    if sources.train.d_in != sae.d_in:
-        raise ConfigError(f"data has d_in={sources.train.d_in} but sae.d_in = {sae.d_in}")
+    if sources.train.d_in != base.sae.d_in:
+        raise ConfigError(f"data has d_in={sources.train.d_in} but sae.d_in = {base.sae.d_in}")
     resolved = [resolve(c, sources, d) for c, d in zip(cfgs, run_dirs)]
-    existed = [prepare_run_dir(d, r, force, write=is_main) for d, r in zip(run_dirs, resolved)]
+    existed = [prepare_run_dir(d, r, force, write=jax.process_index() == 0) for d, r in zip(run_dirs, resolved)]
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("jaxdict run folders ready")
-
-    built = build_train_step(base, mesh, sweep_size=n if n > 1 else None)
-    abstract, shardings = abstract_member_state(base), built.member_shardings
     managers = [ckpt.make_manager(d, base.run.keep, base.run.async_checkpoint) for d in run_dirs]
-    common = set.intersection(*[set(m.all_steps()) for m in managers]) if all(existed) else set()
+    start = common_resume_step(managers) if all(existed) else 0
+    b_dec = None if start else initial_b_dec(base, sources)
+    members = [load_or_init_state(c.sae, c.optim, mesh, seed=c.run.seed, input_scale=sources.input_scale,
+                                  hparams={"lr": c.optim.lr, "sparsity_coeff": c.sparsity_coeff}, b_dec=b_dec,
+                                  run_dir=d if start else None, step=start or None)
+               for c, d in zip(cfgs, run_dirs)]
+    if start:
+        log(f"resuming {', '.join(c.run.name for c in cfgs)} from step {start}")
+    state = stack_members(built, [m.value for m in members])
+    return Group(cfgs=cfgs, run_dirs=run_dirs, resolved=resolved, sources=sources, mesh=mesh, built=built,
+                 managers=managers, start=start, state=state, data_state=members[0].json.get("data_iter"))
+
+
+def common_resume_step(managers: list) -> int:
+    """The latest step every member saved (0: none). A crash between the members' saves can leave
+    one member a step ahead: that step is dropped, so the group resumes together."""
+    common = set.intersection(*[set(m.all_steps()) for m in managers])
     start = max(common) if common else 0
     for m in managers:
-        # A crash between the members' saves can leave one member a step ahead: drop that step,
-        # the group resumes together from the latest step every member has.
         for extra in [s for s in m.all_steps() if s > start]:
             m.delete(extra)
-    data_state = None
-    if start:
-        states = []
-        for m in managers:
-            state, data_state, _ = ckpt.restore(m, start, abstract, shardings)
-            states.append(state)
-        log(f"resuming {', '.join(c.run.name for c in cfgs)} from step {start}")
-    else:
-        states = [create_state(sae, optim, mesh, seed=c.run.seed, input_scale=sources.input_scale,
-                               hparams={"lr": c.optim.lr, "sparsity_coeff": c.sparsity_coeff})[0] for c in cfgs]
-        if base.run.init_b_dec == "mean":
-            b_dec = jax.device_put(np.asarray(sources.data_mean(base.data.scale_rows) * sources.input_scale,
-                                              np.float32), shardings.params.b_dec)
-            states = [s.replace(params=s.params.replace(b_dec=b_dec)) for s in states]
+    return start
 
-    sweep, shardings_n = built.sweep_size, built.state_shardings
-    if sweep:
-        state = jax.jit(lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s), out_shardings=shardings_n)(*states)
-        unstack = jax.jit(lambda s: tuple(jax.tree.map(lambda x: x[i], s) for i in range(n)),
-                          out_shardings=tuple([shardings] * n))
-    else:
-        state = states[0]
-        unstack = lambda s: (s,)  # noqa: E731
-    del states
-    step_fn = built.step
-    loader = ActivationLoader(sources.train, base.data.batch_size, mesh, seed=base.data.seed,
-                              slab_rows=min(base.data.slab_rows, sources.train.n_rows // jax.process_count()),
-                              shuffle_buffer_rows=base.data.shuffle_buffer_rows, dtype=built.abstract_batch.dtype)
-    it = iter(loader)
-    if data_state is not None:
-        it.set_state(data_state)
-    evaluate = HeldoutEval(sources.eval, sae, mesh, base.data.batch_size, base.data.eval_rows,
-                           base.data.slab_rows, shardings_n, sweep)
-    logs = [MetricsLog(d, is_main, start) for d in run_dirs]
-    wall0 = [float(next(iter(read_metrics(d, "train")[-1:]), {}).get("wall_time_s", 0.0)) for d in run_dirs]
-    total, B, rs = optim.total_steps, base.data.batch_size, base.run
-    progress = Progress(total, start, B, is_main and rs.progress, desc=cfgs[0].run.name if n == 1 else f"{n} runs")
-    preempt = _Preemption(enabled=jax.process_count() == 1)
-    diverged = [False] * n
-    reasons = [""] * n
-    check_every = max(1, min(rs.max_consecutive_nonfinite, rs.log_every or rs.max_consecutive_nonfinite))
-    t_start = t_log = time.time()
-    step_log = start
-    preempted = False
-    eval_results: list[dict] = [{} for _ in range(n)]
 
-    def save(step: int) -> None:
-        data_iter_state = it.get_state()
-        for i, member in enumerate(unstack(state)):
-            if not diverged[i]:
-                ckpt.save(managers[i], step, member, data_iter_state, resolved[i])
-        if callback:
-            callback("saved", step)
+def stack_members(built: BuiltStep, states: list[TrainState]) -> TrainState:
+    """One state for the step: the member itself, or the members stacked on a leading sweep axis."""
+    if built.sweep_size is None:
+        return states[0]
+    return jax.jit(lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s), out_shardings=built.state_shardings)(*states)
 
-    def write_eval(step: int) -> None:
-        nonlocal eval_results
-        eval_results = evaluate(state)
-        for i in range(n):
-            logs[i].write(step, "eval", eval_results[i])
 
-    try:
-        for done in range(start + 1, total + 1):
-            if profile_steps and done == start + 2:
-                jax.profiler.start_trace(str(Path(run_dirs[0]) / "profile"))
-            state, metrics = step_fn(state, next(it))
-            if profile_steps and done == start + 2 + profile_steps:
-                jax.block_until_ready(state)
-                jax.profiler.stop_trace()
-                profile_steps = 0
-            if callback:
-                callback("step", done)
+def member_unstacker(built: BuiltStep) -> Callable[[TrainState], tuple[TrainState, ...]]:
+    """state -> its members (compiled once per group, used at every save)."""
+    if built.sweep_size is None:
+        return lambda state: (state,)
+    n = built.sweep_size
+    return jax.jit(lambda s: tuple(jax.tree.map(lambda x: x[i], s) for i in range(n)),
+                   out_shardings=tuple([built.member_shardings] * n))
+
+
+class TrainLoop:
+    """The steps of a group from `start` to optim.total_steps. What changes while it runs is held
+    in named attributes: `state`, `diverged`/`reasons` per member, `eval_results`, `preempted`.
+    Metrics reach the host only at log/check intervals; saves are asynchronous."""
+
+    def __init__(self, group: Group, *, callback: Callback | None = None, profile_steps: int = 0,
+                 log: Callable[[str], None] = print):
+        self.g, self.callback, self.profile_steps, self.log = group, callback, profile_steps, log
+        base, n, is_main = group.base, group.n, jax.process_index() == 0
+        self.state = group.state
+        self.unstack = member_unstacker(group.built)
+        loader = ActivationLoader(group.sources.train, base.data.batch_size, group.mesh, seed=base.data.seed,
+                                  slab_rows=min(base.data.slab_rows, group.sources.train.n_rows // jax.process_count()),
+                                  shuffle_buffer_rows=base.data.shuffle_buffer_rows,
+                                  dtype=group.built.abstract_batch.dtype)
+        self.it = iter(loader)
+        if group.data_state is not None:
+            self.it.set_state(group.data_state)
+        self.evaluator = HeldoutEval(group.sources.eval, base.sae, group.mesh, base.data.batch_size,
+                                     base.data.eval_rows, base.data.slab_rows, group.built.state_shardings,
+                                     group.built.sweep_size)
+        self.logs = [MetricsLog(d, is_main, group.start) for d in group.run_dirs]
+        # wall time already spent by an interrupted run, from its last logged record
+        self.wall0 = [float(next(iter(read_metrics(d, "train")[-1:]), {}).get("wall_time_s", 0.0))
+                      for d in group.run_dirs]
+        rs = base.run
+        self.progress = Progress(base.optim.total_steps, group.start, base.data.batch_size, is_main and rs.progress,
+                                 desc=base.run.name if n == 1 else f"{n} runs")
+        self.preempt = _Preemption(enabled=jax.process_count() == 1)
+        self.diverged, self.reasons = [False] * n, [""] * n
+        self.check_every = max(1, min(rs.max_consecutive_nonfinite, rs.log_every or rs.max_consecutive_nonfinite))
+        self.t_start = self.t_log = time.time()
+        self.step_log = group.start
+        self.preempted = False
+        self.eval_results: list[dict] = [{} for _ in range(n)]
+
+    def run(self) -> int:
+        """Steps until total_steps, all members diverged, or preemption; returns the last step."""
+        rs, total = self.g.base.run, self.g.base.optim.total_steps
+        done = total
+        for done in range(self.g.start + 1, total + 1):
+            metrics = self.step(done)
             last = done == total
             if (rs.log_every and done % rs.log_every == 0) or last:
-                host = jax.device_get(metrics)
-                now = time.time()
-                tok_s = (done - step_log) * B / max(now - t_log, 1e-9)
-                for i in range(n):
-                    rec = {k: (v[i] if sweep else v) for k, v in host.items()}
-                    rec.update(tokens=done * B, tokens_per_s=tok_s, wall_time_s=wall0[i] + now - t_start)
-                    logs[i].write(done, "train", rec)
-                progress.update(done - step_log, {k: (v[0] if sweep else v) for k, v in host.items()}, tok_s)
-                t_log, step_log = now, done
-            if done % check_every == 0 or last:
-                streak = np.atleast_1d(jax.device_get(state.consecutive_nonfinite))
-                for i in range(n):
-                    if not diverged[i] and streak[i] >= rs.max_consecutive_nonfinite:
-                        diverged[i] = True
-                        good = ckpt.latest_step(run_dirs[i])
-                        reasons[i] = (f"{int(streak[i])} consecutive non-finite steps (limit "
-                                      f"run.max_consecutive_nonfinite={rs.max_consecutive_nonfinite}) at step {done}; "
-                                      f"stopped; last good checkpoint: "
-                                      f"{'step ' + str(good) if good is not None else 'none'} in {run_dirs[i]}")
-                        log(f"{cfgs[i].run.name}: {reasons[i]}")
-                if all(diverged):
-                    break
+                self.write_metrics(done, metrics)
+            if (done % self.check_every == 0 or last) and self.check_divergence(done):
+                break
             if rs.eval_every and done % rs.eval_every == 0 and not last:
-                write_eval(done)
+                self.evaluate(done)
             if rs.checkpoint_every and done % rs.checkpoint_every == 0 and not last:
-                save(done)
-            if preempt.requested or managers[0].reached_preemption(done):
-                if not last:
-                    save(done)
-                    preempted = True
-                    log(f"preempted at step {done}: checkpoint saved, exiting")
-                    break
+                self.save(done)
+            if (self.preempt.requested or self.g.managers[0].reached_preemption(done)) and not last:
+                self.save(done)
+                self.preempted = True
+                self.log(f"preempted at step {done}: checkpoint saved, exiting")
+                break
+        return done
+
+    def step(self, done: int) -> dict:
+        """One optimiser step (with the profiler trace around steps start+2 .. start+1+profile_steps)."""
+        first_traced = self.g.start + 2
+        if self.profile_steps and done == first_traced:
+            jax.profiler.start_trace(str(Path(self.g.run_dirs[0]) / "profile"))
+        self.state, metrics = self.g.built.step(self.state, next(self.it))
+        if self.profile_steps and done == first_traced + self.profile_steps:
+            jax.block_until_ready(self.state)
+            jax.profiler.stop_trace()
+            self.profile_steps = 0
+        if self.callback:
+            self.callback("step", done)
+        return metrics
+
+    def write_metrics(self, done: int, metrics: dict) -> None:
+        g, sweep = self.g, self.g.built.sweep_size
+        host = jax.device_get(metrics)
+        now = time.time()
+        batch = g.base.data.batch_size
+        tok_s = (done - self.step_log) * batch / max(now - self.t_log, 1e-9)
+        for i in range(g.n):
+            rec = {k: (v[i] if sweep else v) for k, v in host.items()}
+            rec.update(tokens=done * batch, tokens_per_s=tok_s, wall_time_s=self.wall0[i] + now - self.t_start)
+            self.logs[i].write(done, "train", rec)
+        self.progress.update(done - self.step_log, {k: (v[0] if sweep else v) for k, v in host.items()}, tok_s)
+        self.t_log, self.step_log = now, done
+
+    def check_divergence(self, done: int) -> bool:
+        """Marks members with run.max_consecutive_nonfinite skipped steps in a row as diverged (they
+        save no more); True when every member has."""
+        limit = self.g.base.run.max_consecutive_nonfinite
+        streak = np.atleast_1d(jax.device_get(self.state.consecutive_nonfinite))
+        for i, run_dir in enumerate(self.g.run_dirs):
+            if not self.diverged[i] and streak[i] >= limit:
+                self.diverged[i] = True
+                good = ckpt.latest_step(run_dir)
+                self.reasons[i] = (f"{int(streak[i])} consecutive non-finite steps (limit "
+                                   f"run.max_consecutive_nonfinite={limit}) at step {done}; stopped; last good "
+                                   f"checkpoint: {'step ' + str(good) if good is not None else 'none'} in {run_dir}")
+                self.log(f"{self.g.cfgs[i].run.name}: {self.reasons[i]}")
+        return all(self.diverged)
+
+    def save(self, step: int) -> None:
+        data_iter_state = self.it.get_state()
+        for i, member in enumerate(self.unstack(self.state)):
+            if not self.diverged[i]:
+                ckpt.save(self.g.managers[i], step, member, data_iter_state, self.g.resolved[i])
+        if self.callback:
+            self.callback("saved", step)
+
+    def evaluate(self, step: int) -> None:
+        self.eval_results = self.evaluator(self.state)
+        for i in range(self.g.n):
+            self.logs[i].write(step, "eval", self.eval_results[i])
+
+    def finish(self, done: int) -> None:
+        """The final save and held-out evaluation; a group already at total_steps keeps the
+        recorded result rather than saving again."""
+        if self.preempted or all(self.diverged):
+            return
+        if done > self.g.start:
+            self.save(done)
+            self.evaluate(done)
+            return
+        previous = [read_json(Path(d) / RESULT_FILE) for d in self.g.run_dirs]
+        if all(previous):
+            self.eval_results = [p["eval"] for p in previous]
         else:
-            done = total
-        if not preempted and not all(diverged):
-            if done > start:
-                save(done)
-                write_eval(done)
-            else:  # already at total_steps: keep the recorded result rather than saving again
-                previous = [read_json(Path(d) / RESULT_FILE) for d in run_dirs]
-                if all(previous):
-                    eval_results = [p["eval"] for p in previous]
-                else:
-                    write_eval(done)
-    finally:
-        for m in managers:
+            self.evaluate(done)
+
+    def close(self) -> None:
+        for m in self.g.managers:
             m.wait_until_finished()
-        progress.close()
-        preempt.restore()
-        it.close()
-    final_wall = time.time() - t_start
-    n_nonfinite = np.atleast_1d(jax.device_get(state.n_nonfinite))
-    results = []
-    for i in range(n):
-        logs[i].close()
-        managers[i].close()
-        r = RunResult(name=cfgs[i].run.name, run_dir=run_dirs[i], step=done, finished=not preempted,
-                      preempted=preempted, diverged=diverged[i], stop_reason=reasons[i],
-                      n_nonfinite=int(n_nonfinite[i]), wall_time_s=wall0[i] + final_wall,
-                      eval=eval_results[i] if not diverged[i] else {})
-        if r.finished and is_main:
-            write_result(run_dirs[i], dataclasses.asdict(r))
-        results.append(r)
-    return results
+        self.progress.close()
+        self.preempt.restore()
+        self.it.close()
+
+    def results(self, done: int) -> list[RunResult]:
+        final_wall = time.time() - self.t_start
+        n_nonfinite = np.atleast_1d(jax.device_get(self.state.n_nonfinite))
+        results = []
+        for i, cfg in enumerate(self.g.cfgs):
+            self.logs[i].close()
+            self.g.managers[i].close()
+            r = RunResult(name=cfg.run.name, run_dir=self.g.run_dirs[i], step=done, finished=not self.preempted,
+                          preempted=self.preempted, diverged=self.diverged[i], stop_reason=self.reasons[i],
+                          n_nonfinite=int(n_nonfinite[i]), wall_time_s=self.wall0[i] + final_wall,
+                          eval=self.eval_results[i] if not self.diverged[i] else {})
+            if r.finished and jax.process_index() == 0:
+                write_result(self.g.run_dirs[i], dataclasses.asdict(r))
+            results.append(r)
+        return results

@@ -15,12 +15,9 @@ import numpy as np
 from jaxdict.config import config_diff
 from jaxdict.data import ArraySource, StoreSource
 from jaxdict.sae.config import ConfigError
-from jaxdict.train.checkpoint import CHECKPOINT_DIR
+from jaxdict.run_layout import CHECKPOINT_DIR, CONFIG_FILE, RESULT_FILE, run_format_version, write_run_format
 from jaxdict.train.config import RunConfig
 from jaxdict.train.metrics_log import METRICS_FILE, TB_DIR
-
-CONFIG_FILE = "config.json"
-RESULT_FILE = "result.json"
 # Keys that may change between an interrupted run and its resumption: where it lives, the mesh
 # (checkpoints restore onto any mesh), and how often it logs, evaluates and saves — none of them
 # changes the maths of the run.
@@ -93,6 +90,14 @@ def open_sources(cfg: RunConfig) -> DataSources:
                        mean=np.asarray(store.stats["mean"], np.float64))
 
 
+def initial_b_dec(cfg: RunConfig, sources: DataSources) -> np.ndarray | None:
+    """The decoder bias a fresh run starts from: the mean of the normalised training rows
+    (run.init_b_dec = "mean"), or None for init_params' zeros ("zero")."""
+    if cfg.run.init_b_dec != "mean":
+        return None
+    return np.asarray(sources.data_mean(cfg.data.scale_rows) * sources.input_scale, np.float32)
+
+
 def resolve(cfg: RunConfig, sources: DataSources, run_dir: str) -> dict:
     """The resolved config (saved as config.json and in every checkpoint)."""
     d = cfg.to_dict()
@@ -122,10 +127,12 @@ def prepare_run_dir(run_dir: str | Path, resolved: dict, force: bool, write: boo
     run_dir = Path(run_dir)
     existing = read_json(run_dir / CONFIG_FILE)
     if existing is not None:
+        run_format_version(run_dir)  # refuses a folder written by a newer jaxdict
         diff = config_diff(existing, resolved, ignore=RESUME_IGNORED)
         if not diff:
             if write:
                 _write_json(run_dir / CONFIG_FILE, resolved)
+                write_run_format(run_dir)
             return True
         if not force:
             shown = "\n  ".join(diff[:20])
@@ -144,6 +151,7 @@ def prepare_run_dir(run_dir: str | Path, resolved: dict, force: bool, write: boo
         if force:
             shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
         _write_json(run_dir / CONFIG_FILE, resolved)
+        write_run_format(run_dir)
     return False
 
 

@@ -5,6 +5,7 @@ evaluation job all build the same abstract state and shardings from the config.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -13,6 +14,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxdict import run_layout as layout
 from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.params import SAEParams, init_params
 from jaxdict.train.mesh import spec
@@ -21,8 +23,7 @@ from jaxdict.train.optim import OptimConfig, make_transform
 
 @struct.dataclass
 class TrainState:
-    """step; params; opt_state; rng (raw uint32 key, folded with the step when used);
-    tokens_since_fired [F]: tokens since each latent last fired (dead = ≥ cfg.dead_tokens);
+    """step; params; opt_state; tokens_since_fired [F]: tokens since each latent last fired (dead = ≥ cfg.dead_tokens);
     input_scale: the scalar s with E‖s·x‖² = d_in; hparams: per-run traced scalars (lr,
     sparsity_coeff) so several runs can share one compiled step under vmap;
     n_nonfinite / consecutive_nonfinite: skipped updates."""
@@ -30,7 +31,6 @@ class TrainState:
     step: jax.Array
     params: SAEParams
     opt_state: Any
-    rng: jax.Array
     tokens_since_fired: jax.Array
     input_scale: jax.Array
     hparams: dict[str, jax.Array]
@@ -49,15 +49,19 @@ def init_state(
     key: jax.Array,
     input_scale: float | jax.Array = 1.0,
     hparams: dict[str, float] | None = None,
+    b_dec: jax.Array | None = None,
 ) -> TrainState:
-    """A fresh state (pure: call under jit or eval_shape)."""
+    """A fresh state (pure: call under jit or eval_shape). `b_dec`: the decoder bias to start
+    from (the driver passes the mean of the normalised training rows, run.init_b_dec="mean");
+    None keeps init_params' zeros."""
     params = init_params(sae_cfg, key)
+    if b_dec is not None:
+        params = params.replace(b_dec=jnp.asarray(b_dec, jnp.float32))
     hp = default_hparams(sae_cfg, optim_cfg) | (hparams or {})
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=make_transform(optim_cfg).init(params),
-        rng=jax.random.fold_in(key, 1),
         tokens_since_fired=jnp.zeros((sae_cfg.n_features,), jnp.int32),
         input_scale=jnp.asarray(input_scale, jnp.float32),
         hparams={k: jnp.asarray(v, jnp.float32) for k, v in hp.items()},
@@ -92,7 +96,6 @@ def state_specs(sae_cfg: SAEConfig, optim_cfg: OptimConfig, abstract: TrainState
         step=scalar,
         params=p_specs,
         opt_state=opt_specs,
-        rng=scalar,
         tokens_since_fired=spec("features"),
         input_scale=scalar,
         hparams={k: scalar for k in abstract.hparams},
@@ -110,21 +113,62 @@ def to_shardings(mesh: Mesh, specs: Any) -> Any:
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
-def create_state(
+def state_item(state: TrainState) -> dict[str, Any]:
+    """The checkpoint's state item: every field but the params item's (params, input_scale)."""
+    return {
+        "step": state.step,
+        "opt_state": state.opt_state,
+        "tokens_since_fired": state.tokens_since_fired,
+        "hparams": state.hparams,
+        "n_nonfinite": state.n_nonfinite,
+        "consecutive_nonfinite": state.consecutive_nonfinite,
+    }
+
+
+def to_items(state: TrainState) -> dict[str, Any]:
+    """The checkpoint's array items of a state (or of an abstract state: the restore targets)."""
+    return {layout.PARAMS: layout.params_item(state.params, state.input_scale), layout.STATE: state_item(state)}
+
+
+def from_items(items: dict[str, Any]) -> TrainState:
+    params, input_scale = layout.params_from_item(items[layout.PARAMS])
+    rest = items[layout.STATE]
+    return TrainState(step=rest["step"], params=params, opt_state=rest["opt_state"],
+                      tokens_since_fired=rest["tokens_since_fired"], input_scale=input_scale,
+                      hparams=rest["hparams"], n_nonfinite=rest["n_nonfinite"],
+                      consecutive_nonfinite=rest["consecutive_nonfinite"])
+
+
+def load_or_init_state(
     sae_cfg: SAEConfig,
     optim_cfg: OptimConfig,
     mesh: Mesh,
+    *,
     seed: int = 0,
     input_scale: float = 1.0,
     hparams: dict[str, float] | None = None,
-) -> tuple[TrainState, TrainState]:
-    """Initialise a state directly into its shardings. Returns (state, shardings)."""
+    b_dec: Any = None,
+    run_dir: str | Path | None = None,
+    step: int | None = None,
+) -> layout.Loaded:
+    """One run member's train state on `mesh`: checkpoint `step` of `run_dir` (None: the latest)
+    with its loader position and config (`.json["data_iter"]`, `.json["config"]`), or — with no
+    run_dir or no checkpoint yet — the initial state of seed, input scale, hparams and b_dec
+    (`init_state`). Shapes, then shardings (`state_specs`), then arrays (`run_layout.load_or_init`)."""
 
-    def init(key):
-        return init_state(sae_cfg, optim_cfg, key, input_scale, hparams)
+    def init(key, b_dec):
+        return init_state(sae_cfg, optim_cfg, key, input_scale, hparams, b_dec)
 
-    key = jax.random.PRNGKey(seed)
-    abstract = jax.eval_shape(init, key)
-    shardings = to_shardings(mesh, state_specs(sae_cfg, optim_cfg, abstract))
-    state = jax.jit(init, out_shardings=shardings)(key)
-    return state, shardings
+    return layout.load_or_init(
+        init, jax.random.PRNGKey(seed), b_dec,
+        shardings=lambda abstract: to_shardings(mesh, state_specs(sae_cfg, optim_cfg, abstract)),
+        run_dir=run_dir, step=step, to_items=to_items, from_items=from_items,
+        json_items=(layout.DATA_ITER, layout.CONFIG) if run_dir is not None else ())
+
+
+def create_state(sae_cfg: SAEConfig, optim_cfg: OptimConfig, mesh: Mesh, seed: int = 0, input_scale: float = 1.0,
+                 hparams: dict[str, float] | None = None, b_dec: Any = None) -> tuple[TrainState, TrainState]:
+    """A fresh state initialised directly into its shardings. Returns (state, shardings)."""
+    loaded = load_or_init_state(sae_cfg, optim_cfg, mesh, seed=seed, input_scale=input_scale, hparams=hparams,
+                                b_dec=b_dec)
+    return loaded.value, loaded.shardings
