@@ -3,6 +3,11 @@
 Each sub-command lives in `jaxdict/commands/<name>.py` and exposes `add_arguments(parser)` and
 `run(args) -> int`. Modules are imported only when their command runs, so `jaxdict --help` does not
 pay for importing JAX.
+
+Exit codes are decided here, the same for every command: 0 done; 1 bad input (one line
+`jaxdict CMD: error: ...` on stderr; a command signals it by raising ValueError, FileNotFoundError,
+a store error or a quickstart error) or a result the command reports as failed (a diverged run,
+a corrupt store, unfinished sweep points); 2 a command line argparse cannot parse; 130 Ctrl-C.
 """
 from __future__ import annotations
 
@@ -41,12 +46,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def _is_bad_input(err: Exception) -> bool:
+    """ValueError covers ConfigError, SweepError, CorpusError and ScalingInputError."""
     if isinstance(err, (ValueError, FileNotFoundError)):
         return True
-    # A store error can only come from a command that imported the store package: look it up there
-    # rather than import tensorstore into every command.
-    store_errors = sys.modules.get("jaxdict.store.errors")
-    return store_errors is not None and isinstance(err, store_errors.StoreError)
+    # A store or quickstart error can only come from a command that imported its module: look it
+    # up there rather than import tensorstore (or the whole pipeline) into every command.
+    for module, name in (("jaxdict.store.errors", "StoreError"), ("jaxdict.quickstart", "QuickstartError")):
+        found = sys.modules.get(module)
+        if found is not None and isinstance(err, getattr(found, name)):
+            return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:

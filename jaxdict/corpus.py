@@ -11,7 +11,7 @@ import dataclasses
 import json
 import sysconfig
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
 FORMATS = ("text", "jsonl", "parquet")
 ON_BAD_UTF8 = ("skip", "fail")
@@ -186,3 +186,39 @@ def open_corpus(spec: str = "default", format: str | None = None, field: str = "
     if spec == "default" and format != "text":
         raise CorpusError(f"the default corpus is text, not {format!r}")
     return Corpus(spec=spec, format=format, field=field, on_bad_utf8=on_bad_utf8)
+
+
+class _Tokenizer(Protocol):
+    bos_id: int
+
+    def encode(self, text: str, add_bos: bool = ...) -> list[int]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """One model input: BOS + up to context-1 tokens of document `doc_id` (window `index`)."""
+
+    ordinal: int  # index in the whole stream of windows
+    doc_id: int
+    index: int
+    ids: list[int]
+
+
+def iter_windows(tokenizer: _Tokenizer, corpus: Corpus, context: int,
+                 start: dict[str, int] | None = None) -> Iterator[Window]:
+    """The corpus cut into model inputs, from resume position `start` (a harvest user_state).
+
+    Sequences are cut, not packed: each document is tokenised on its own and split into windows
+    of `context - 1` tokens, each preceded by BOS, so every token sees only its own document. The
+    harvester and `jaxdict eval --corpus` both cut text here."""
+    ordinal = 0 if start is None else start["chunks"]
+    first_doc = 0 if start is None else start["doc"]
+    first_index = 0 if start is None else start["chunk_in_doc"]
+    step = context - 1
+    for doc in corpus.documents(first_doc):
+        ids = tokenizer.encode(doc.text, add_bos=False)
+        begin = first_index if doc.doc_id == first_doc else 0
+        for index in range(begin, -(-len(ids) // step)):
+            yield Window(ordinal, doc.doc_id, index,
+                         [tokenizer.bos_id, *ids[index * step:(index + 1) * step]])
+            ordinal += 1

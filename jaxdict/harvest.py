@@ -26,9 +26,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxdict.corpus import Corpus
+from jaxdict.corpus import Corpus, Window, iter_windows
 from jaxdict.lm.language_model import LanguageModel, parse_hook
-from jaxdict.lm.tokenizer import Tokenizer
+from jaxdict.sae.axes import DATA, spec
+
+__all__ = ["HarvestConfig", "Window", "harvest", "iter_windows"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,32 +61,6 @@ class HarvestConfig:
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
 
 
-@dataclasses.dataclass(frozen=True)
-class Window:
-    """One model input: BOS + up to context-1 tokens of document `doc_id` (window `index`)."""
-
-    ordinal: int  # index in the whole stream of windows
-    doc_id: int
-    index: int
-    ids: list[int]
-
-
-def iter_windows(tokenizer: Tokenizer, corpus: Corpus, context: int,
-                 start: dict[str, int] | None = None) -> Iterator[Window]:
-    """The corpus cut into windows, from resume position `start` (a harvest user_state)."""
-    ordinal = 0 if start is None else start["chunks"]
-    first_doc = 0 if start is None else start["doc"]
-    first_index = 0 if start is None else start["chunk_in_doc"]
-    step = context - 1
-    for doc in corpus.documents(first_doc):
-        ids = tokenizer.encode(doc.text, add_bos=False)
-        begin = first_index if doc.doc_id == first_doc else 0
-        for index in range(begin, -(-len(ids) // step)):
-            yield Window(ordinal, doc.doc_id, index,
-                         [tokenizer.bos_id, *ids[index * step:(index + 1) * step]])
-            ordinal += 1
-
-
 def _state_after(window: Window, tokens: int) -> dict[str, int]:
     """Resume position just past `window` (iter_windows moves on to the next document when that
     document has no window left)."""
@@ -103,13 +79,136 @@ def _place_params(lm: LanguageModel, mesh: Mesh, n_blocks: int) -> dict[str, Any
     table split over `data` along the vocabulary (the lookup becomes a masked local gather plus
     an all-reduce; replicating 262144 x 640 floats on every device would cost 671 MB each)."""
     n_dev = mesh.devices.size
-    embed_spec = P("data", None) if lm.config.vocab_size % n_dev == 0 else P()
+    embed_spec = P(DATA, None) if lm.config.vocab_size % n_dev == 0 else P()
     replicated = NamedSharding(mesh, P())
     return {
         "embed": jax.device_put(lm.params["embed"], NamedSharding(mesh, embed_spec)),
         "final_norm": jax.device_put(lm.params["final_norm"], replicated),
         "layers": [jax.device_put(layer, replicated) for layer in lm.params["layers"][:n_blocks]],
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Resume:
+    """Where each store stands: `start` is the earliest state (None: from the beginning),
+    `skip_before[hook]` the windows that store already holds, `tokens` the rows before `start`."""
+
+    start: dict[str, int] | None
+    skip_before: dict[str, int]
+    tokens: int
+    done_before: int
+
+    @classmethod
+    def of(cls, writers: dict[str, Any]) -> "_Resume":
+        states = {h: w.resume_state for h, w in writers.items()}
+        start = _earliest(list(states.values()))
+        return cls(start=start, skip_before={h: (s["chunks"] if s else 0) for h, s in states.items()},
+                   tokens=0 if start is None else start["tokens"],
+                   done_before=min((s or {"tokens": 0})["tokens"] for s in states.values()))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Device:
+    """The LM placed on a one-axis mesh over every local device, and its batch of windows."""
+
+    lm: LanguageModel
+    hooks: tuple[str, ...]
+    batch: int  # windows per forward pass: a multiple of the device count
+    context: int
+    in_sharding: NamedSharding
+
+    @classmethod
+    def place(cls, lm: LanguageModel, config: HarvestConfig) -> "_Device":
+        devices = jax.devices()
+        mesh = Mesh(np.array(devices), (DATA,))
+        n_blocks = max(parse_hook(h, lm.config.n_layers) for h in config.hooks) + 1
+        return cls(lm=dataclasses.replace(lm, params=_place_params(lm, mesh, n_blocks)), hooks=config.hooks,
+                   batch=-(-config.batch_size // len(devices)) * len(devices), context=config.context,
+                   in_sharding=NamedSharding(mesh, spec("batch", None)))
+
+    def dispatch(self, group: list[Window]) -> tuple[np.ndarray, Any]:
+        """(ids [batch, context], activations per hook), the latter still computing on device."""
+        ids = np.full((self.batch, self.context), self.lm.tokenizer.pad_id, np.int32)
+        mask = np.zeros((self.batch, self.context), bool)
+        for r, w in enumerate(group):
+            ids[r, :len(w.ids)], mask[r, :len(w.ids)] = w.ids, True
+        acts = self.lm.activations(jax.device_put(ids, self.in_sharding), list(self.hooks),
+                                   mask=jax.device_put(mask, self.in_sharding))
+        return ids, acts
+
+
+def _check_can_harvest(lm: LanguageModel, corpus: Corpus, config: HarvestConfig) -> None:
+    for hook in config.hooks:
+        parse_hook(hook, lm.config.n_layers)
+    if jax.process_count() > 1:
+        # One writer per host and a per-host share of the windows would be needed (the store
+        # supports num_writers); until then, refuse rather than write every row once per host.
+        raise ValueError(
+            f"harvest runs on one host; got jax.process_count() = {jax.process_count()}. Run "
+            "`jaxdict harvest` on a single host (its devices are used data-parallel), then share the "
+            "store (gs:// paths work) with the training hosts")
+    next(iter(corpus.documents()), None)  # an empty corpus fails here, before stores are made
+
+
+def _open_stores(lm: LanguageModel, corpus: Corpus, out_dir: Path, config: HarvestConfig) -> dict[str, Any]:
+    from jaxdict.store import StoreWriter
+
+    meta = {"model": lm.name, "context_length": config.context, "corpus": corpus.description}
+    return {hook: StoreWriter.open(str(out_dir / hook), d_in=lm.config.d_model, dtype=config.dtype,
+                                   metadata={**meta, "hook": hook}, shard_rows=config.shard_rows)
+            for hook in config.hooks}
+
+
+def _groups(windows: Iterator[Window], batch: int, max_tokens: int | None,
+            tokens: int) -> Iterator[tuple[list[Window], dict[str, int]]]:
+    """Windows in groups of `batch`, each with the resume state just past it; stops once `tokens`
+    (rows so far) reaches `max_tokens`."""
+    group: list[Window] = []
+    for w in windows:
+        if max_tokens is not None and tokens >= max_tokens:
+            break
+        group.append(w)
+        tokens += len(w.ids) - 1
+        if len(group) == batch:
+            yield group, _state_after(group[-1], tokens)
+            group = []
+    if group:
+        yield group, _state_after(group[-1], tokens)
+
+
+def _pipelined(device: _Device, groups: Iterator[tuple[list[Window], dict[str, int]]]):
+    """(group, state, ids, activations), dispatched one group ahead: the device works on a group
+    while the previous one is written."""
+    pending = None
+    for group, state in groups:
+        job = (group, state, *device.dispatch(group))
+        if pending is not None:
+            yield pending
+        pending = job
+    if pending is not None:
+        yield pending
+
+
+def _write_group(writers: dict[str, Any], resume: _Resume, group: list[Window], state: dict[str, int],
+                 ids: np.ndarray, acts: Any) -> int:
+    """Append the real tokens of `group` (no BOS, no padding) to each store that lacks them;
+    returns the rows of the group."""
+    C = ids.shape[1]
+    lengths = np.array([len(w.ids) for w in group])
+    positions = np.arange(C)[None, :]
+    keep = (positions >= 1) & (positions < lengths[:, None])
+    doc = np.repeat(np.array([w.doc_id for w in group], np.int64)[:, None], C, axis=1)
+    first = np.array([w.ordinal for w in group])
+    for hook, writer in writers.items():
+        if state["chunks"] <= resume.skip_before[hook]:
+            # This store already holds the whole group. Appending nothing with this earlier
+            # state would move its resume point back, and a later crash would duplicate rows.
+            continue
+        own = keep & (first >= resume.skip_before[hook])[:, None]  # skip windows it already has
+        x = np.asarray(acts[hook][:len(group)])
+        writer.append(x[own], ids[:len(group)][own], doc[own],
+                      np.broadcast_to(positions, own.shape)[own].astype(np.int32), user_state=state)
+    return int(keep.sum())
 
 
 def harvest(lm: LanguageModel, corpus: Corpus, out_dir: str | Path, config: HarvestConfig,
@@ -121,100 +220,21 @@ def harvest(lm: LanguageModel, corpus: Corpus, out_dir: str | Path, config: Harv
     """
     from tqdm import tqdm
 
-    from jaxdict.store import StoreWriter
-
-    for hook in config.hooks:
-        parse_hook(hook, lm.config.n_layers)
-    if jax.process_count() > 1:
-        # One writer per host and a per-host share of the windows would be needed (the store
-        # supports num_writers); until then, refuse rather than write every row once per host.
-        raise ValueError(
-            f"harvest runs on one host; got jax.process_count() = {jax.process_count()}. Run "
-            "`jaxdict harvest` on a single host (its devices are used data-parallel), then share the "
-            "store (gs:// paths work) with the training hosts")
-    next(iter(corpus.documents()), None)  # an empty corpus fails here, before stores are made
+    _check_can_harvest(lm, corpus, config)
     out_dir = Path(out_dir)
-    writers = {}
-    for hook in config.hooks:
-        meta = {"model": lm.name, "hook": hook, "context_length": config.context,
-                "corpus": corpus.description}
-        writers[hook] = StoreWriter.open(str(out_dir / hook), d_in=lm.config.d_model,
-                                         dtype=config.dtype, metadata=meta,
-                                         shard_rows=config.shard_rows)
-    states = {h: w.resume_state for h, w in writers.items()}
-    start = _earliest(list(states.values()))
-    skip_before = {h: (s["chunks"] if s else 0) for h, s in states.items()}
-    tokens = 0 if start is None else start["tokens"]
-    done_before = min((s or {"tokens": 0})["tokens"] for s in states.values())
-
-    devices = jax.devices()
-    mesh = Mesh(np.array(devices), ("data",))
-    batch = -(-config.batch_size // len(devices)) * len(devices)
-    lm = dataclasses.replace(lm, params=_place_params(lm, mesh, max(
-        parse_hook(h, lm.config.n_layers) for h in config.hooks) + 1))
-    in_sharding = NamedSharding(mesh, P("data", None))
-    C = config.context
-
-    windows = iter_windows(lm.tokenizer, corpus, C, start)
-    bar = tqdm(total=config.max_tokens, initial=tokens, unit="tok", unit_scale=True,
+    writers = _open_stores(lm, corpus, out_dir, config)
+    resume = _Resume.of(writers)
+    device = _Device.place(lm, config)
+    windows = iter_windows(lm.tokenizer, corpus, config.context, resume.start)
+    bar = tqdm(total=config.max_tokens, initial=resume.tokens, unit="tok", unit_scale=True,
                disable=not progress, desc="harvest", smoothing=0.1)
     t0 = time.perf_counter()
-    slots = real = n_windows = 0
-
-    def batches() -> Iterator[list[Window]]:
-        nonlocal tokens
-        current: list[Window] = []
-        for w in windows:
-            if config.max_tokens is not None and tokens >= config.max_tokens:
-                break
-            current.append(w)
-            tokens += len(w.ids) - 1
-            if len(current) == batch:
-                yield current
-                current = []
-        if current:
-            yield current
-
-    def dispatch(group: list[Window]) -> tuple[list[Window], np.ndarray, Any]:
-        ids = np.full((batch, C), lm.tokenizer.pad_id, np.int32)
-        mask = np.zeros((batch, C), bool)
-        for r, w in enumerate(group):
-            ids[r, :len(w.ids)], mask[r, :len(w.ids)] = w.ids, True
-        acts = lm.activations(jax.device_put(ids, in_sharding), list(config.hooks),
-                              mask=jax.device_put(mask, in_sharding))
-        return group, ids, acts  # computed asynchronously; fetched by `write`
-
-    def write(group: list[Window], ids: np.ndarray, acts: Any, state: dict[str, int]) -> None:
-        nonlocal slots, real, n_windows
-        lengths = np.array([len(w.ids) for w in group])
-        positions = np.arange(C)[None, :]
-        keep = (positions >= 1) & (positions < lengths[:, None])  # no BOS, no padding
-        doc = np.repeat(np.array([w.doc_id for w in group], np.int64)[:, None], C, axis=1)
-        first = np.array([w.ordinal for w in group])
-        rows = int(keep.sum())
-        for hook, writer in writers.items():
-            if state["chunks"] <= skip_before[hook]:
-                # This store already holds the whole group. Appending nothing with this earlier
-                # state would move its resume point back, and a later crash would duplicate rows.
-                continue
-            own = keep & (first >= skip_before[hook])[:, None]  # skip windows it already has
-            x = np.asarray(acts[hook][:len(group)])
-            writer.append(x[own], ids[:len(group)][own], doc[own],
-                          np.broadcast_to(positions, own.shape)[own].astype(np.int32),
-                          user_state=state)
-        slots += batch * C
-        real += rows
-        n_windows += len(group)
-        bar.update(rows)
-
-    pending = None
-    for group in batches():
-        job = dispatch(group)  # the device works on this group while the previous one is written
-        if pending is not None:
-            write(*pending)
-        pending = (*job, _state_after(group[-1], tokens))
-    if pending is not None:
-        write(*pending)
+    rows = n_windows = n_groups = 0
+    for group, state, ids, acts in _pipelined(device, _groups(windows, device.batch, config.max_tokens,
+                                                              resume.tokens)):
+        written = _write_group(writers, resume, group, state, ids, acts)
+        rows, n_windows, n_groups = rows + written, n_windows + len(group), n_groups + 1
+        bar.update(written)
     for w in writers.values():
         w.close()
     bar.close()
@@ -222,11 +242,12 @@ def harvest(lm: LanguageModel, corpus: Corpus, out_dir: str | Path, config: Harv
     total = min(w.rows_published for w in writers.values())
     if total == 0:
         raise ValueError(f"corpus {corpus.spec!r} produced no tokens to harvest")
+    slots = n_groups * device.batch * config.context
     return {
-        "tokens": real, "total_tokens": total, "tokens_before": done_before,
-        "seconds": seconds, "tokens_per_s": real / seconds if seconds > 0 else 0.0,
-        "windows": n_windows, "batch_size": batch, "context": C,
-        "padding_frac": 1.0 - real / slots if slots else 0.0,
+        "tokens": rows, "total_tokens": total, "tokens_before": resume.done_before,
+        "seconds": seconds, "tokens_per_s": rows / seconds if seconds > 0 else 0.0,
+        "windows": n_windows, "batch_size": device.batch, "context": config.context,
+        "padding_frac": 1.0 - rows / slots if slots else 0.0,
         "skipped_bad_utf8": corpus.skipped_bad_utf8,
-        "devices": len(devices), "stores": {h: str(out_dir / h) for h in writers},
+        "devices": len(jax.devices()), "stores": {h: str(out_dir / h) for h in writers},
     }

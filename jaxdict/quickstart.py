@@ -223,14 +223,14 @@ def _steering_outcome(steer_json: Path) -> dict[str, Any]:
     return {
         "promotes": result.get("promoted_tokens", [])[:8],
         "baseline": result["baseline"]["text"],
-        "steered": [{k: row.get(k) for k in ("strength", "text", "kl", "kl_mean", "dlogp_promoted")
+        "steered": [{k: row.get(k) for k in ("strength", "text", "kl", "dlogp_promoted")
                      if k in row} for row in result["steered"]],
     }
 
 
 def _flat_metrics(result: dict[str, Any]) -> dict[str, float]:
     wanted = ("fvu", "explained_variance", "l0", "dead_frac", "dense_frac", "delta_ce", "ce_recovered", "kl",
-              "ce_clean", "ce_sae", "ce_zero_ablate")
+              "ce_clean", "ce_sae", "ce_zero_ablation")
     found: dict[str, float] = {}
 
     def walk(node: Any) -> None:
@@ -254,7 +254,7 @@ def print_summary(summary: dict[str, Any]) -> None:
           f"{f['why']}; promotes {' '.join(repr(t) for t in f['promotes'][:5])})")
     print(f"    baseline           {f['baseline'][:70]!r}")
     for row in f["steered"]:
-        kl = next((row[k] for k in ("kl_mean", "kl") if isinstance(row.get(k), (int, float))), None)
+        kl = row.get("kl") if isinstance(row.get("kl"), (int, float)) else None
         kl_text = f"KL {kl:.3g}" if kl is not None else ""
         print(f"    c = {row['strength']:<5g} {kl_text:10s} {row['text'][:70]!r}")
     print("  stage times (s)      " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items())
@@ -262,10 +262,6 @@ def print_summary(summary: dict[str, Any]) -> None:
     print("outputs:")
     for key, value in summary["outputs"].items():
         print(f"  {key:14s} {value}")
-
-
-def load_summary(out: str) -> dict[str, Any]:
-    return json.loads((Path(out) / "summary.json").read_text())
 
 
 __all__ = ["QuickstartConfig", "QuickstartError", "run_quickstart", "check_resources"]

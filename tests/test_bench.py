@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
 
-from jaxdict.bench.step import DEFAULT_ARCHS, device_peak_flops, run_step_suite, step_flops
+from jaxdict.bench import step as bench_step
+from jaxdict.bench.step import DEFAULT_ARCHS, device_peak_flops, run_step_suite
 from jaxdict.sae.config import SAEConfig
 
 
@@ -38,18 +40,36 @@ def test_step_suite_reports_every_architecture(mesh_shape, devices):
     assert [(r["arch"], r["decode"]) for r in rows] == [
         ("relu_l1", "dense"), ("topk", "sparse"), ("topk", "dense"), ("batchtopk", "sparse"),
         ("batchtopk", "dense"), ("jumprelu", "dense")]
-    for row, (arch, overrides) in zip(rows, DEFAULT_ARCHS):
-        cfg = SAEConfig(arch=arch, d_in=16, n_features=64, k=4, **overrides)
-        assert row["step_flops"] == step_flops(cfg, 32)
-        assert row["tokens_per_s"] == pytest.approx(32 / row["step_s_median"])
-        assert row["flops_per_s"] == pytest.approx(row["step_flops"] / row["step_s_median"])
+    dense, sparse = 10 * 32 * 16 * 64, 2 * 32 * 16 * 64 + 8 * 32 * 4 * 16  # kernel FLOPs (DESIGN.md §7)
+    for row in rows:
+        assert row["kernel_flops"] == (sparse if row["decode"] == "sparse" else dense), row
+        assert 0 < row["step_s_best"] <= row["step_s_median"]
         assert row["mesh"] == f"{mesh_shape[0]}x{mesh_shape[1]}"
         assert row["mfu"] is None  # no data-sheet peak for a CPU: the matmul ceiling is measured instead
-    # sparse steps count 2·B·d·F + 8·B·k·d, dense ones 10·B·d·F
-    assert rows[1]["step_flops"] == 2 * 32 * 16 * 64 + 8 * 32 * 4 * 16
-    assert rows[0]["step_flops"] == 10 * 32 * 16 * 64
     assert result["peak"]["matmul_flops_per_s"] > 0
     assert len(lines) == 1 + len(rows)
+
+
+def test_step_rates_come_from_the_measured_times(monkeypatch, devices):
+    """With a clock whose timed intervals cycle 0.3 s, 0.1 s, 0.2 s, every median is 0.2 s and every
+    best 0.1 s, so each rate is known without the code's own formulas."""
+    calls = []
+
+    def perf_counter():
+        calls.append(None)
+        pair, end = divmod(len(calls) - 1, 2)  # calls alternate start, end
+        return 10.0 * pair + (0.3, 0.1, 0.2)[pair % 3] * end
+
+    monkeypatch.setattr(bench_step, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    result = run_step_suite(d_in=16, n_features=64, batch_size=32, k=4, archs=(("relu_l1", {}),), iters=3,
+                            log=lambda m: None)
+    row = result["steps"][0]
+    assert (row["step_s_median"], row["step_s_best"]) == (pytest.approx(0.2), pytest.approx(0.1))
+    assert row["tokens_per_s"] == pytest.approx(160.0)  # 32 tokens per 0.2 s median step
+    assert row["kernel_flops_per_s"] == pytest.approx(10 * 32 * 16 * 64 / 0.2)
+    # the matmul ceiling is timed by its best call: 2·B·d·F FLOPs in 0.1 s
+    assert result["peak"]["matmul_flops_per_s"] == pytest.approx(2 * 32 * 16 * 64 / 0.1)
+    assert row["fraction_of_matmul_peak"] == pytest.approx(2.5)
 
 
 def test_bench_command_writes_json(tmp_path):

@@ -35,7 +35,7 @@ def test_export_and_import_cli(tmp_path, capsys):
     assert imp.hook == "resid_post.5" and imp.model == "gemma3-270m" and imp.cfg.arch == "jumprelu"
     assert "hook=resid_post.5" in capsys.readouterr().out
 
-    assert main(["export", str(run), "--import", str(npz), "--out", str(tmp_path / "x")]) == 2
+    assert main(["export", str(run), "--import", str(npz), "--out", str(tmp_path / "x")]) == 1
     assert main(["export", str(run), "--step", "4", "--out", str(tmp_path / "x")]) == 1
     assert "step 4 was never saved" in capsys.readouterr().err
 

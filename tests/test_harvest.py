@@ -168,4 +168,4 @@ def test_cli_reports_bad_hook(tmp_path):
     from jaxdict.cli import main
 
     assert main(["harvest", "--corpus", str(tmp_path), "--hook", "resid_post.99", "--out", str(tmp_path / "o"),
-                 "--no-progress"]) == 2
+                 "--no-progress"]) == 1

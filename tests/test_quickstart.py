@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import sysconfig
@@ -49,15 +50,19 @@ def test_quickstart_tiny_end_to_end(tmp_path):
     assert "<html" in Path(outputs["dashboard"]).read_text().lower()
     assert "<html" in Path(outputs["steering"]).read_text().lower()
     evaluation = json.loads(Path(outputs["eval"]).read_text())
-    assert evaluation  # parses
     metrics = summary["metrics"]
-    for name in ("fvu", "l0", "delta_ce", "kl", "ce_recovered"):
-        assert np.isfinite(metrics[name]), name
+    # The summary carries every metric of eval.json it names, with eval.json's value, and prints it.
+    for name in ("fvu", "l0", "delta_ce", "kl", "ce_recovered", "ce_clean", "ce_sae", "ce_zero_ablation"):
+        assert np.isfinite(metrics[name]) and metrics[name] == evaluation[name], name
+        assert re.search(rf"^  {name} +\S", first.stdout, re.M), name
     assert metrics["l0"] <= 8 + 1e-6
     logged = [json.loads(line) for line in Path(outputs["metrics_log"]).read_text().splitlines()]
-    assert logged and "fvu" in logged[-1] or any("fvu" in row for row in logged)
+    train_rows = [row for row in logged if row["split"] == "train"]
+    assert train_rows[-1]["step"] == 20 and np.isfinite(train_rows[-1]["fvu"])  # trained all --steps
     steer = json.loads((out / "steer" / "steer.json").read_text())
-    assert steer
+    steered = summary["steered_feature"]["steered"]
+    assert [row["kl"] for row in steered] == [row["kl"] for row in steer[0]["steered"]]
+    assert all(np.isfinite(row["kl"]) and row["kl"] >= 0 for row in steered)
     assert "=== jaxdict quickstart: summary ===" in first.stdout
 
     again = run_cli(args, tmp_path)

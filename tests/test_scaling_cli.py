@@ -207,5 +207,5 @@ def test_where_filters_one_architecture_and_mixed_tables_are_flagged(tmp_path, c
     assert "no run has arch='jumprelu'; values of 'arch' present: 'relu_l1', 'topk'" in capsys.readouterr().err
     assert _fit(tmp_path, "--where", "width=3") == 1
     assert "filter on column 'width', which" in capsys.readouterr().err
-    assert _fit(tmp_path, "--where", "arch") == 2
+    assert _fit(tmp_path, "--where", "arch") == 1
     assert "--where 'arch' is not COLUMN=VALUE" in capsys.readouterr().err

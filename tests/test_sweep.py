@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from jaxdict.scaling.results_table import load_results_table
-from jaxdict.sweep import SweepError, run_sweep, step_flops
+from jaxdict.store.split import split_mask
+from jaxdict.sweep import SweepError, run_sweep, step_compute
 from jaxdict.sweep.plan import load_points, plan_groups
 from jaxdict.train import checkpoint as ckpt
 from saved_state import saved_params
@@ -38,6 +39,9 @@ SWEEP = textwrap.dedent("""
         "small": lambda: [point("l1-a", l1_coeff=0.5), point("l1-b", l1_coeff=4.0),
                           point("topk", arch="topk", k=4)],
         "dup": lambda: [point("x"), point("x", l1_coeff=1.0)],
+        # 60 steps x 256 rows = 15,360 tokens of ~7,370 training rows: about 2.1 epochs
+        "long": lambda: [dataclasses.replace(point("long"), optim=dataclasses.replace(BASE.optim, total_steps=60),
+                                             data=dataclasses.replace(BASE.data, batch_size=256))],
     }
 """)
 
@@ -82,7 +86,11 @@ def test_runner_skips_finished_and_resumes_interrupted(sweep_file, tmp_path):
     assert all(r.included and r.steps == 12 and r.tokens == 12 * 64 for r in table.runs)
     rows = {r["name"]: r for r in csv.DictReader(open(out / "results.csv"))}
     assert rows["topk"]["k"] == "4" and rows["topk"]["l1_coeff"] == "" and rows["l1-a"]["l1_coeff"] == "0.5"
-    assert float(rows["l1-a"]["flops"]) == 10 * 64 * 16 * 64 * 12  # dense: 10·B·d·F per step
+    assert float(rows["l1-a"]["flops"]) == 10 * 64 * 16 * 64 * 12  # C = 10·B·d·F per step
+    # C counts the dense maths: the sparse TopK point is credited the same as a dense one.
+    assert float(rows["topk"]["flops"]) == 10 * 64 * 16 * 64 * 12
+    train_rows = int(split_mask(np.arange(8192), "train", 0.1).sum())  # planted rows, one document each
+    assert float(rows["topk"]["epochs"]) == pytest.approx(12 * 64 / train_rows, rel=1e-5)
     assert rows["l1-a"]["group_size"] == "2" and rows["topk"]["diverged"] == "False"
     # a third run has nothing to do
     logs = []
@@ -134,14 +142,39 @@ def test_two_worker_processes(sweep_file, tmp_path):
     assert "worker 1:" in p.stdout
 
 
-def test_step_flops_sparse_topk():
+def test_compute_is_the_dense_maths_whatever_decoder_runs():
+    """Issue 14: C must not depend on `decode`; at k 32 the sparse kernel's FLOPs made an F 2048 run
+    look 2.35x cheaper than an F 1024 one."""
     from jaxdict.sae.config import SAEConfig
     from jaxdict.train.config import RunConfig
 
-    cfg = RunConfig(sae=SAEConfig(arch="topk", d_in=64, n_features=1024, k=8))
-    b = cfg.data.batch_size
-    assert cfg.sae.uses_sparse_decode
-    assert step_flops(cfg) == 2 * b * 64 * 1024 + 8 * b * 8 * 64
+    def compute(**sae):
+        return step_compute(RunConfig(sae=SAEConfig(d_in=64, **sae)))
+
+    b = RunConfig().data.batch_size
+    sparse = compute(arch="topk", n_features=2048, k=32, decode="sparse")
+    assert RunConfig(sae=SAEConfig(arch="topk", d_in=64, n_features=2048, k=32, decode="sparse")).sae.uses_sparse_decode
+    assert sparse == compute(arch="topk", n_features=2048, k=32, decode="dense") == 10 * b * 64 * 2048
+    assert sparse == compute(arch="relu_l1", n_features=2048) == compute(arch="jumprelu", n_features=2048)
+    assert sparse == 2 * compute(arch="topk", n_features=1024, k=32, decode="sparse")
+
+
+def test_a_run_that_repeats_its_data_is_warned_about(sweep_file, tmp_path):
+    from jaxdict.scaling.compute import repeat_warning
+
+    assert repeat_warning("a", 100, 100) is None
+    assert "2.00 epochs of its 50 training rows" in repeat_warning("a", 100, 50)
+    logs = []
+    run_sweep(f"{sweep_file}:long", tmp_path / "o", log=logs.append)
+    train_rows = int(split_mask(np.arange(8192), "train", 0.1).sum())
+    warned = [m for m in logs if m.startswith("warning: long trains on 15,360 tokens")]
+    assert len(warned) == 1 and f"{15360 / train_rows:.2f} epochs of its {train_rows:,} training rows" in warned[0], logs
+    row = next(csv.DictReader(open(tmp_path / "o" / "results.csv")))
+    assert float(row["epochs"]) == pytest.approx(15360 / train_rows, rel=1e-5)
+    # a run within one epoch is not warned about
+    logs = []
+    run_sweep(f"{sweep_file}:small", tmp_path / "s", only=["topk"], log=logs.append)
+    assert not [m for m in logs if m.startswith("warning:")]
 
 
 def test_shipped_sweeps_group_as_documented():

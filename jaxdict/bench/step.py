@@ -1,6 +1,8 @@
-"""Train-step throughput for every architecture: tokens/s, FLOP/s, and the machine's matmul peak.
+"""Train-step throughput for every architecture: tokens/s, kernel FLOP/s, and the machine's matmul peak.
 
-FLOP model (DESIGN.md §7), with the decoder bias folded into the encoder bias:
+Kernel FLOPs: what the step that ran executes (DESIGN.md §7), with the decoder bias folded into the
+encoder bias; MFU divides these by the peak. They are not the training compute C of a scaling fit,
+which counts the dense maths whatever decoder ran (jaxdict.scaling.compute):
   dense step (ReLU-L1, JumpReLU, BatchTopK, dense TopK): 10·B·d·F
     forward: encoder 2·B·d·F + decoder 2·B·d·F; backward: dW_dec, df, dW_enc at 2·B·d·F each
   sparse TopK step: 2·B·d·F (dense encoder forward) + 8·B·k·d (gathered pre-activations and
@@ -10,7 +12,6 @@ by side on a shared, noisy machine.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
@@ -57,7 +58,8 @@ def device_peak_flops(device_kind: str, compute_dtype: str) -> float | None:
     return None
 
 
-def step_flops(cfg: SAEConfig, batch_size: int) -> float:
+def kernel_step_flops(cfg: SAEConfig, batch_size: int) -> float:
+    """FLOPs the compiled step executes for this decode path (see the module docstring)."""
     b, d, f = batch_size, cfg.d_in, cfg.n_features
     if cfg.uses_sparse_decode:
         return 2.0 * b * d * f + 8.0 * b * cfg.k * d
@@ -115,7 +117,7 @@ def measure_step(cfg: SAEConfig, batch_size: int, mesh_shape: tuple[int, int] = 
     compile_s = time.perf_counter() - compile_start
     times = _time_calls(one, max(warmup - 1, 0), iters)
     median, best = float(np.median(times)), float(min(times))
-    flops = step_flops(cfg, batch_size)
+    flops = kernel_step_flops(cfg, batch_size)
     return {
         "arch": cfg.arch,
         "decode": "sparse" if cfg.uses_sparse_decode else "dense",
@@ -129,8 +131,8 @@ def measure_step(cfg: SAEConfig, batch_size: int, mesh_shape: tuple[int, int] = 
         "step_s_median": median,
         "step_s_best": best,
         "tokens_per_s": batch_size / median,
-        "step_flops": flops,
-        "flops_per_s": flops / median,
+        "kernel_flops": flops,
+        "kernel_flops_per_s": flops / median,
         "mfu": _mfu(flops / median, cfg.compute_dtype, n_devices),
         # What the timed steps worked on: ~1 for a fresh SAE, its trained value with --from-run.
         "first_step_fvu": float(first_metrics["fvu"]),
@@ -172,16 +174,12 @@ def run_step_suite(d_in: int = 640, n_features: int = 16384, batch_size: int = 4
         row = measure_step(cfg, batch_size, mesh_shape=mesh_shape, iters=iters, batch=batch, params=params,
                            input_scale=scale)
         row["from_trained"] = params is not None
-        row["fraction_of_matmul_peak"] = row["flops_per_s"] / peak["matmul_flops_per_s"]
+        row["fraction_of_matmul_peak"] = row["kernel_flops_per_s"] / peak["matmul_flops_per_s"]
         # Tokens/s a step would reach if it ran its FLOPs at the measured matmul ceiling.
-        row["tokens_per_s_at_ceiling"] = batch_size * peak["matmul_flops_per_s"] / row["step_flops"]
+        row["tokens_per_s_at_ceiling"] = batch_size * peak["matmul_flops_per_s"] / row["kernel_flops"]
         rows.append(row)
         mfu = "" if row["mfu"] is None else f", MFU {100 * row['mfu']:.1f}%"
         log(f"{arch:10s} {row['decode']:6s} {compute_dtype:8s} {row['tokens_per_s']:9.0f} tok/s  "
-            f"{row['flops_per_s'] / 1e9:6.1f} GFLOP/s  ({100 * row['fraction_of_matmul_peak']:.0f}% of matmul peak{mfu})")
+            f"{row['kernel_flops_per_s'] / 1e9:6.1f} GFLOP/s  ({100 * row['fraction_of_matmul_peak']:.0f}% of matmul peak{mfu})")
     return {"peak": peak, "steps": rows, "devices": [str(d) for d in jax.devices()[:1]],
             "jax": jax.__version__}
-
-
-def dataclass_row(obj) -> dict:
-    return dataclasses.asdict(obj)

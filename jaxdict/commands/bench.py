@@ -50,7 +50,7 @@ def _parse_mesh(text: str) -> tuple[int, int]:
     try:
         data, model = (int(p) for p in text.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"--mesh {text!r}: expected DATAxMODEL, e.g. 1x1 or 2x4") from None
+        raise ValueError(f"--mesh {text!r}: expected DATAxMODEL, e.g. 1x1 or 2x4") from None
     return data, model
 
 
@@ -73,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
 
     unknown = [a for a in args.archs.split(",") if a not in _ARCHS]
     if unknown:
-        raise SystemExit(f"--archs: unknown {unknown}; valid: {', '.join(_ARCHS)}")
+        raise ValueError(f"--archs: unknown {unknown}; valid: {', '.join(_ARCHS)}")
     archs = [_ARCHS[a] for a in args.archs.split(",")]
     trained = None
+    d_in, n_features, k = args.d_in, args.features, args.k
     if args.from_run:
         from jaxdict.sae.io import load_run
 
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         # trained, on x · input_scale (its unit-norm decoder and Adam step assume that scale).
         scale = sae.extra["input_scale"]
         trained = (sae.cfg.arch, fold_input_scale(sae.params, 1.0 / scale), scale)
-        args.d_in, args.features, args.k = sae.cfg.d_in, sae.cfg.n_features, sae.cfg.k
+        d_in, n_features, k = sae.cfg.d_in, sae.cfg.n_features, sae.cfg.k
         print(f"from run: {args.from_run} step {sae.step} ({sae.cfg.arch}, d_in={sae.cfg.d_in}, "
               f"F={sae.cfg.n_features}, k={sae.cfg.k})")
     batch = None
@@ -94,28 +95,28 @@ def run(args: argparse.Namespace) -> int:
         from jaxdict.store.reader import open_store
 
         store = open_store(args.store)
-        store.check_compatible(args.d_in)
+        store.check_compatible(d_in)
         stop = args.store_offset + args.batch_size
         if args.store_offset < 0 or stop > store.n_rows:
-            raise SystemExit(f"--store-offset {args.store_offset}: the store has {store.n_rows} rows, "
+            raise ValueError(f"--store-offset {args.store_offset}: the store has {store.n_rows} rows, "
                              f"a batch needs {args.batch_size} from there")
         batch = store.read(args.store_offset, stop)
         print(f"batch: rows {args.store_offset}..{stop} of {args.store}")
     print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} "
           f"device(s), jax {jax.__version__}, python {sys.version.split()[0]}")
-    print(f"shape: d_in={args.d_in} F={args.features} B={args.batch_size} k={args.k} dtype={args.dtype} mesh={args.mesh}")
-    result = run_step_suite(d_in=args.d_in, n_features=args.features, batch_size=args.batch_size, k=args.k,
+    print(f"shape: d_in={d_in} F={n_features} B={args.batch_size} k={k} dtype={args.dtype} mesh={args.mesh}")
+    result = run_step_suite(d_in=d_in, n_features=n_features, batch_size=args.batch_size, k=k,
                             compute_dtype=args.dtype, archs=archs, iters=args.iters,
                             mesh_shape=_parse_mesh(args.mesh), batch=batch, trained=trained)
     if args.saelens:
         from jaxdict.bench.saelens import measure_saelens_step, saelens_available
 
         if not saelens_available():
-            raise SystemExit("--saelens needs sae-lens and torch: pip install 'jaxdict[saelens]'")
+            raise ValueError("--saelens needs sae-lens and torch: pip install 'jaxdict[saelens]'")
         result["saelens"] = []
         ours = {(r["arch"], r["decode"]): r for r in result["steps"]}
         for arch, decode in (("relu_l1", "dense"), ("topk", "sparse")):
-            theirs = measure_saelens_step(arch, args.d_in, args.features, args.batch_size, k=args.k, iters=args.iters)
+            theirs = measure_saelens_step(arch, d_in, n_features, args.batch_size, k=k, iters=args.iters)
             result["saelens"].append(theirs)
             mine = ours.get((arch, decode))
             ratio = f"  jaxdict/SAELens = {mine['tokens_per_s'] / theirs['tokens_per_s']:.2f}x" if mine else ""

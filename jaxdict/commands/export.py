@@ -5,7 +5,6 @@ with hook and model names translated, so jaxdict commands load it)."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,15 +23,9 @@ def run(args: argparse.Namespace) -> int:
     from jaxdict.sae.io import export_saelens, load_sae
 
     if (args.run is None) == (args.import_path is None):
-        print("jaxdict export: error: give either RUN (to export) or --import PATH (to import), not both",
-              file=sys.stderr)
-        return 2
-    try:
-        sae = load_sae(args.run or args.import_path, args.step, model=args.model, hook=args.hook)
-        out = export_saelens(sae, args.out)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"jaxdict export: error: {e}", file=sys.stderr)
-        return 1
+        raise ValueError("give either RUN (to export) or --import PATH (to import), not both")
+    sae = load_sae(args.run or args.import_path, args.step, model=args.model, hook=args.hook)
+    out = export_saelens(sae, args.out)
     print(f"wrote {out} ({sae.cfg.arch}, d_in={sae.d_in}, n_features={sae.n_features}, "
           f"model={sae.model}, hook={sae.hook})")
     return 0

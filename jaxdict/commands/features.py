@@ -47,17 +47,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--tokens ({args.tokens}) and --n-top ({args.n_top}) must be >= 1, "
                          f"--pages ({args.pages}) >= 0")
     sae = load_sae(args.run, args.step)
-    if args.eval_fraction is None:  # the split the run held out while training
-        args.eval_fraction = float(sae.extra.get("eval_fraction") or 0.01)
+    eval_fraction = heldout.resolve_eval_fraction(sae, args.eval_fraction)
     chosen = [sae.check_feature(i) for i in args.features] if args.features else None
     store = heldout.open_sae_store(sae, args.store, args.run)
     store_path, meta_info = store.path, store.metadata
-    model = args.model or sae.model or meta_info.get("model")
-    if model is None:
-        raise ValueError("neither the SAE nor the store names its model; pass --model")
-    sae.check_compatible(model, None, "--model")
+    model = heldout.resolve_model(sae, args.model, meta_info)
 
-    ranges = heldout.split_ranges(store, args.split, args.eval_fraction, max_rows=args.tokens)
+    ranges = heldout.split_ranges(store, args.split, eval_fraction, max_rows=args.tokens)
     n = sum(b - a for a, b in ranges)
     if n == 0:
         raise ValueError(f"store {store_path} has no rows in split {args.split!r}")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,20 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import jaxdict.lm
-    from jaxdict.corpus import CorpusError, open_corpus
+    from jaxdict.corpus import open_corpus
     from jaxdict.harvest import HarvestConfig, harvest
 
-    try:
-        config = HarvestConfig(hooks=tuple(args.hook), context=args.context,
-                               batch_size=args.batch_size, max_tokens=args.tokens,
-                               dtype=args.dtype, shard_rows=args.shard_rows)
-        corpus = open_corpus(args.corpus, args.format, args.field, args.on_bad_utf8)
-        lm = jaxdict.lm.load(args.model)
-        for hook in config.hooks:
-            jaxdict.lm.parse_hook(hook, lm.config.n_layers)
-        summary = harvest(lm, corpus, args.out, config, progress=not args.no_progress)
-    except (ValueError, CorpusError, FileNotFoundError) as e:
-        print(f"jaxdict harvest: error: {e}", file=sys.stderr)
-        return 2
+    config = HarvestConfig(hooks=tuple(args.hook), context=args.context, batch_size=args.batch_size,
+                           max_tokens=args.tokens, dtype=args.dtype, shard_rows=args.shard_rows)
+    corpus = open_corpus(args.corpus, args.format, args.field, args.on_bad_utf8)
+    lm = jaxdict.lm.load(args.model)
+    summary = harvest(lm, corpus, args.out, config, progress=not args.no_progress)
     print(json.dumps(summary, indent=1))
     return 0

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from jaxdict.quickstart import QuickstartConfig, QuickstartError, run_quickstart
+from jaxdict.quickstart import QuickstartConfig, run_quickstart
 
 _DEFAULT = QuickstartConfig()
 
@@ -48,9 +47,5 @@ def run(args: argparse.Namespace) -> int:
         feature_tokens=args.feature_tokens, pages=args.pages, prompt=args.prompt,
         max_new_tokens=args.max_new_tokens,
     )
-    try:
-        run_quickstart(cfg, progress=not args.no_progress)
-    except QuickstartError as err:
-        print(f"jaxdict quickstart: {err}", file=sys.stderr)
-        return 1
+    run_quickstart(cfg, progress=not args.no_progress)  # QuickstartError: jaxdict.cli, exit 1
     return 0

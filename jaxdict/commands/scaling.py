@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,25 +48,14 @@ def _parse_where(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.scaling_command != "fit":
-        print(f"unknown scaling action {args.scaling_command!r}; valid: fit", file=sys.stderr)
-        return 2
-    from jaxdict.scaling import ScalingInputError, fit_sweep
+    """Bad input (ScalingInputError, a malformed --where) raises; jaxdict.cli: one line, exit 1."""
+    from jaxdict.scaling import fit_sweep
 
-    try:
-        where = _parse_where(args.where)
-    except ValueError as err:
-        print(f"jaxdict scaling fit: {err}", file=sys.stderr)
-        return 2
-    try:
-        result = fit_sweep(
-            args.table, args.out, metric=args.metric, bootstrap=args.bootstrap,
-            holdout_top=args.holdout_top, seed=args.seed, compute=args.compute, where=where,
-            make_plots=not args.no_plots,
-        )
-    except ScalingInputError as err:
-        print(f"jaxdict scaling fit: {err}", file=sys.stderr)
-        return 1
+    result = fit_sweep(
+        args.table, args.out, metric=args.metric, bootstrap=args.bootstrap,
+        holdout_top=args.holdout_top, seed=args.seed, compute=args.compute, where=_parse_where(args.where),
+        make_plots=not args.no_plots,
+    )
     law = result["fits"]["loss"]
     ci = law["ci"]["b"]
     ci_text = f" (95% CI {ci[0]:.4f} to {ci[1]:.4f})" if ci else ""

@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     import jaxdict.lm
+    from jaxdict.evaluate import heldout
     from jaxdict.evaluate.steering import check_prompt, steer_prompt
     from jaxdict.evaluate.steering_report import steering_html, steering_table
     from jaxdict.sae.io import load_sae
@@ -52,11 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if sae.max_activations is None:
         raise ValueError("no max activations known for this SAE: run `jaxdict features RUN --out DIR` and "
                          "pass --max-activations DIR")
-    model = args.model or sae.model
-    if model is None:
-        raise ValueError("the SAE does not name its model; pass --model")
-    sae.check_compatible(model, None, "--model")
-    lm = jaxdict.lm.load(model)
+    lm = jaxdict.lm.load(heldout.resolve_model(sae, args.model))
     for p in args.prompt:  # refuse bad prompts before any generation
         check_prompt(lm, lm.tokenizer.encode(p), args.max_new_tokens)
     results = [steer_prompt(lm, sae, p, args.feature, args.strength, args.max_new_tokens,

@@ -41,17 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxdict.store import StoreError
-
-    try:
-        if args.store_command == "info":
-            return _info(args)
-        if args.store_command == "verify":
-            return _verify(args)
-        return _import(args)
-    except (StoreError, ValueError, FileNotFoundError) as e:
-        print(f"jaxdict store {args.store_command}: error: {e}", file=sys.stderr)
-        return 1
+    """Bad input (StoreError, ValueError, FileNotFoundError) raises: jaxdict.cli, exit 1."""
+    if args.store_command == "info":
+        return _info(args)
+    if args.store_command == "verify":
+        return _verify(args)
+    return _import(args)
 
 
 def _disk_bytes(path: str) -> int | None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def _worker(text: str) -> tuple[int, int]:
@@ -28,14 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxdict.sae.config import ConfigError
+    """A bad sweep file or folder raises (jaxdict.cli: one line, exit 1); exit 1 too when points
+    are left unfinished."""
     from jaxdict.sweep import run_sweep
 
-    try:
-        unfinished = run_sweep(args.sweep, args.out, processes=args.processes, only=args.only,
-                               group=not args.no_group, worker=args.worker, table_only=args.table_only,
-                               log=lambda m: print(m, flush=True))
-    except ConfigError as err:
-        print(f"jaxdict sweep: {err}", file=sys.stderr)
-        return 2
+    unfinished = run_sweep(args.sweep, args.out, processes=args.processes, only=args.only,
+                           group=not args.no_group, worker=args.worker, table_only=args.table_only,
+                           log=lambda m: print(m, flush=True))
     return 1 if unfinished else 0

@@ -34,36 +34,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxdict.sae.config import ConfigError
-    from jaxdict.store.errors import StoreError
+    """Bad input (ConfigError, StoreError, the loader's ValueErrors naming bad sizes) propagates;
+    jaxdict.cli turns it into one line, exit 1. Exit 1 too when a run diverged."""
     from jaxdict.train.distributed import initialize
 
-    try:
-        print(initialize(args.coordinator, args.num_processes, args.process_id, args.cpu_devices),
-              file=sys.stderr)
-        from jaxdict.config import apply_overrides
-        from jaxdict.train.config import load_run_configs
+    print(initialize(args.coordinator, args.num_processes, args.process_id, args.cpu_devices), file=sys.stderr)
+    import jax
 
-        overrides = args.overrides + (["run.progress=false"] if args.no_progress else [])
-        cfgs = [apply_overrides(c, overrides) for c in load_run_configs(args.config)]
-        if len(cfgs) == 1:
-            dirs = [args.out or cfgs[0].run.out_dir]
-        else:
-            parent = args.out or cfgs[0].run.out_dir
-            dirs = [str(Path(parent) / c.run.name) if parent else c.run.out_dir for c in cfgs]
-        import jax
+    from jaxdict.config import apply_overrides
+    from jaxdict.train.config import load_run_configs
+    from jaxdict.train.driver import train_group
+    from jaxdict.train.epochs import warn_if_repeats
 
-        from jaxdict.train.driver import train_group
-
-        if jax.process_index() == 0:
-            for cfg, d in zip(cfgs, dirs):
-                print(f"# resolved config of {cfg.run.name} -> {d}")
-                print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True), flush=True)
-        results = train_group(cfgs, dirs, force=args.force, profile_steps=args.profile,
-                              log=lambda m: print(m, file=sys.stderr, flush=True))
-    except (ConfigError, StoreError, ValueError) as err:  # the loader's ValueErrors name bad sizes
-        print(f"jaxdict train: {err}", file=sys.stderr)
-        return 2
+    overrides = args.overrides + (["run.progress=false"] if args.no_progress else [])
+    cfgs = [apply_overrides(c, overrides) for c in load_run_configs(args.config)]
+    dirs = _run_dirs(cfgs, args.out)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if jax.process_index() == 0:
+        for cfg, d in zip(cfgs, dirs):
+            print(f"# resolved config of {cfg.run.name} -> {d}")
+            print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True), flush=True)
+            warn_if_repeats(cfg, log)
+    results = train_group(cfgs, dirs, force=args.force, profile_steps=args.profile, log=log)
     code = 0
     for r in results:
         if r.diverged:
@@ -75,3 +67,11 @@ def run(args: argparse.Namespace) -> int:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in r.eval.items())
             print(f"{r.name}: finished at step {r.step}; held-out {shown}")
     return code
+
+
+def _run_dirs(cfgs, out: str | None) -> list[str]:
+    """One folder per config: `out` for a single run, else `out/<run.name>` (or each run.out_dir)."""
+    if len(cfgs) == 1:
+        return [out or cfgs[0].run.out_dir]
+    parent = out or cfgs[0].run.out_dir
+    return [str(Path(parent) / c.run.name) if parent else c.run.out_dir for c in cfgs]

@@ -7,9 +7,10 @@ from typing import Any, Iterator
 import grain
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from jaxdict.data.slabs import RowSource, SlabSource, window_dataset
+from jaxdict.sae.axes import DATA, spec
 
 STATE_FORMAT = "jaxdict.loader_state"
 STATE_VERSION = 1
@@ -64,12 +65,12 @@ class ActivationLoader:
                 f"global_batch_size={global_batch_size} must be divisible by the process count "
                 f"{self.process_count}")
         if mesh is not None:
-            if "data" not in mesh.axis_names:
-                raise ValueError(f"mesh must have a 'data' axis, got axes {mesh.axis_names}")
-            if global_batch_size % mesh.shape["data"]:
+            if DATA not in mesh.axis_names:
+                raise ValueError(f"mesh must have a {DATA!r} axis, got axes {mesh.axis_names}")
+            if global_batch_size % mesh.shape[DATA]:
                 raise ValueError(
                     f"global_batch_size={global_batch_size} must be divisible by the mesh's data "
-                    f"axis size {mesh.shape['data']}")
+                    f"axis size {mesh.shape[DATA]}")
         self.source = source
         self.mesh = mesh
         self.global_batch_size = int(global_batch_size)
@@ -151,8 +152,8 @@ class LoaderIterator(Iterator):
         if global_arrays:
             mesh = loader.mesh
             if mesh is None:
-                mesh = jax.make_mesh((jax.device_count(),), ("data",))
-            self._sharding = NamedSharding(mesh, PartitionSpec("data", None))
+                mesh = jax.make_mesh((jax.device_count(),), (DATA,))
+            self._sharding = NamedSharding(mesh, spec("batch", "d_in"))
             self._check_local_rows()
 
     def _check_local_rows(self) -> None:
@@ -215,10 +216,6 @@ class LoaderIterator(Iterator):
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    @property
-    def batches_yielded(self) -> int:
-        return self._batches
 
     def get_state(self) -> dict:
         """JSON-serialisable position: the next batch after set_state is the next batch now."""

@@ -1,23 +1,15 @@
-"""The row runs a held-out split selects, for the loader's sources.
+"""The row runs a held-out split selects, addressed by a dense index, for the loader's sources.
 
-The split itself (by a hash of the document id) lives in `jaxdict.store.split`, which imports no
-grain, so the evaluator shares the same definition (DESIGN §2).
+The split itself (by a hash of the document id) and its runs of rows live in `jaxdict.store.split`,
+which imports no grain, so the evaluator shares the same definitions (DESIGN §2).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from jaxdict.store.split import SPLITS, check_split, doc_unit_hash, split_mask
+from jaxdict.store.split import SPLITS, check_split, doc_unit_hash, mask_runs, split_mask
 
 __all__ = ["SPLITS", "check_split", "doc_unit_hash", "split_mask", "mask_runs", "RowRuns"]
-
-
-def mask_runs(mask: np.ndarray, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, stops) int64 of the maximal runs of True in `mask`, shifted by `offset`."""
-    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    starts = np.flatnonzero(edges == 1).astype(np.int64) + offset
-    stops = np.flatnonzero(edges == -1).astype(np.int64) + offset
-    return starts, stops
 
 
 class RowRuns:

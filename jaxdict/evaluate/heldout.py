@@ -9,10 +9,28 @@ from typing import Iterator
 
 import numpy as np
 
-from jaxdict.store.split import SPLITS, doc_unit_hash, split_mask  # noqa: F401 (re-exported)
+from jaxdict.store.split import SPLITS, doc_unit_hash, mask_runs, split_mask  # noqa: F401 (re-exported)
 
 # The same split as the training loader's: one definition in the grain-free jaxdict.store.split.
 in_split = split_mask
+
+
+def resolve_eval_fraction(sae, given: float | None) -> float:
+    """`given`, else the held-out fraction the SAE's run used while training, else 0.01."""
+    if given is not None:
+        return float(given)
+    return float(sae.extra.get("eval_fraction") or 0.01)
+
+
+def resolve_model(sae, given: str | None, store_meta: dict | None = None) -> str:
+    """The language model to run with `sae`: `given`, else the SAE's, else its store's; checked
+    against the one the SAE was trained on."""
+    model = given or sae.model or (store_meta or {}).get("model")
+    if model is None:
+        where = "neither the SAE nor the store names" if store_meta is not None else "the SAE does not name"
+        raise ValueError(f"{where} its model; pass --model")
+    sae.check_compatible(model, None, "--model")
+    return model
 
 
 def open_sae_store(sae, store_arg: str | None, run: str, how_else: str = "pass --store PATH"):
@@ -40,10 +58,8 @@ def split_ranges(store, split: str, eval_fraction: float, max_rows: int | None =
         if max_rows is not None and total >= max_rows:
             break
         doc_ids = store.read_column("doc_ids", shard.start, shard.start + shard.rows)
-        keep = in_split(doc_ids, split, eval_fraction).astype(np.int8)
-        edges = np.diff(np.concatenate([[0], keep, [0]]))
-        for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
-            a, b = int(a) + shard.start, int(b) + shard.start
+        for a, b in zip(*mask_runs(in_split(doc_ids, split, eval_fraction), offset=shard.start)):
+            a, b = int(a), int(b)
             if max_rows is not None:
                 b = min(b, a + max_rows - total)
             if b > a:
@@ -101,18 +117,16 @@ def windows_from_rows(token_ids: np.ndarray, doc_ids: np.ndarray, positions: np.
     return out
 
 
-def windows_from_text(documents: Iterator[str], tokenizer, context: int, max_tokens: int) -> list[list[int]]:
-    """[BOS, up to context-1 tokens] windows cut from documents (as the harvester cuts them)."""
-    step = context - 1
+def windows_from_text(corpus, tokenizer, context: int, max_tokens: int) -> list[list[int]]:
+    """[BOS, up to context-1 tokens] windows of `corpus`, cut as the harvester cuts them
+    (jaxdict.corpus.iter_windows), `max_tokens` tokens in all (the last window cut short)."""
+    from jaxdict.corpus import iter_windows
+
     out: list[list[int]] = []
     total = 0
-    for text in documents:
-        ids = tokenizer.encode(text, add_bos=False)
-        for i in range(0, len(ids), step):
-            chunk = ids[i:i + step]
-            if total >= max_tokens:
-                return out
-            chunk = chunk[: max_tokens - total]
-            out.append([tokenizer.bos_id, *chunk])
-            total += len(chunk)
+    for window in iter_windows(tokenizer, corpus, context):
+        if total >= max_tokens:
+            break
+        out.append(window.ids[: 1 + max_tokens - total])
+        total += len(out[-1]) - 1
     return out

@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, Float
 
+from jaxdict.sae.axes import MODEL
 from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.forward import ForwardOutput, dense_decode, dense_latents, forward
 from jaxdict.sae.params import SAEParams
@@ -132,7 +133,7 @@ class SAE:
 
     def shard(self, mesh: Mesh) -> "SAE":
         """Place the parameters on `mesh`, features split over its `model` axis (if it has one)."""
-        feat = "model" if "model" in mesh.axis_names else None
+        feat = MODEL if MODEL in mesh.axis_names else None
         specs = SAEParams(W_enc=P(None, feat), b_enc=P(feat), W_dec=P(feat, None), b_dec=P(),
                           threshold=None if self.params.threshold is None else P(feat))
         placed = jax.tree.map(lambda a, s: jax.device_put(a, NamedSharding(mesh, s)), self.params, specs)

@@ -13,7 +13,7 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 from jaxtyping import Array, Float, Int
 
-DATA, MODEL = "data", "model"
+from jaxdict.sae.axes import DATA, MODEL
 
 
 def top_k(values: Array, k: int) -> tuple[Array, Array]:

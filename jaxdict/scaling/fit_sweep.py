@@ -1,7 +1,6 @@
 """`fit_sweep`: from a sweep's results table to fitted scaling laws, a report, fit.json and plots."""
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxdict.atomic import write_json_atomic
 from jaxdict.scaling.bootstrap import bootstrap_parameters, draw_resamples, percentile_interval
 from jaxdict.scaling.errors import ScalingInputError
 from jaxdict.scaling.frontier import compute_optimal_frontier
@@ -239,7 +239,7 @@ def fit_sweep(
         if lr_varies:
             paths += plot_lr_vs_compute(out, pts, alloc_fits["lr"])
         result["plots"] = [p.name for p in paths]
-    (out / "fit.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    write_json_atomic(out / "fit.json", result, allow_nan=False)
     write_report(out / "report.md", result)
     return result
 

@@ -15,11 +15,16 @@ from pathlib import Path
 
 from jaxdict.scaling.errors import ScalingInputError
 
-# Written by the sweep runner (issue 8); `k` / `l1_coeff` may be empty depending on the architecture.
+# The results table's schema, in the order the sweep runner (jaxdict/sweep/results.py) writes it;
+# `k` / `l1_coeff` may be empty depending on the architecture. `flops` is the training compute C of
+# jaxdict.scaling.compute; `epochs` = tokens / rows of the training split (1 or less: no repeats).
 EXPECTED_COLUMNS = (
     "name", "arch", "n_features", "k", "l1_coeff", "lr", "steps", "batch_size", "tokens", "flops",
     "final_loss", "fvu", "l0", "dead_frac", "wall_time_s", "diverged",
 )
+# Written too, read only for reporting (the fits ignore them).
+EXTRA_COLUMNS = ("epochs", "dense_frac", "l0_coeff", "seed", "group_size", "run_dir")
+RESULT_COLUMNS = EXPECTED_COLUMNS + EXTRA_COLUMNS
 # The columns a fit cannot do without (plus the metric being fitted).
 REQUIRED_COLUMNS = ("name", "n_features", "lr", "steps", "tokens", "diverged")
 METRICS = ("final_loss", "fvu")

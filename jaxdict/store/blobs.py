@@ -1,17 +1,18 @@
 """Small JSON blobs (store header, manifest parts) on a local path or any TensorStore kvstore URL.
 
-Local paths are written with a temporary file + fsync + `os.replace`, so a reader sees either the
-old or the new file, never half of one. Other URLs (`gs://...`) go through TensorStore's kvstore,
+Local paths are written atomically by jaxdict.atomic (temporary file + fsync + `os.replace`), so a
+reader sees either the old or the new file, never half of one. Other URLs (`gs://...`) go through TensorStore's kvstore,
 whose single-object writes are atomic on object stores.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
 import tensorstore as ts
+
+from jaxdict.atomic import durable_temp_beside, write_bytes_atomic
 
 
 def is_local(path: str) -> bool:
@@ -63,30 +64,10 @@ def _encode(value: Any) -> bytes:
     return json.dumps(value, indent=1, sort_keys=True).encode("utf-8")
 
 
-def _durable_temp_beside(target: str, data: bytes) -> str:
-    """A complete, fsynced temporary file in `target`'s folder holding `data`; returns its path."""
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
-
-
 def write_json_atomic(path: str, value: Any) -> None:
     data = _encode(value)
     if is_local(path):
-        tmp = _durable_temp_beside(local_path(path), data)
-        try:
-            os.replace(tmp, local_path(path))
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_bytes_atomic(local_path(path), data)
     else:
         directory, _, name = path.rstrip("/").rpartition("/")
         _kv(directory).write(name, data).result()
@@ -100,7 +81,7 @@ def create_json_exclusive(path: str, value: Any) -> bool:
     write are separate steps; the header is validated on every open, so a lost race is still caught.
     """
     if is_local(path):
-        tmp = _durable_temp_beside(local_path(path), _encode(value))
+        tmp = durable_temp_beside(local_path(path), _encode(value))
         try:
             os.link(tmp, local_path(path))
         except FileExistsError:

@@ -27,6 +27,14 @@ def doc_unit_hash(doc_ids: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
+def mask_runs(mask: np.ndarray, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, stops) int64 of the maximal runs of True in `mask`, shifted by `offset`."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    starts = np.flatnonzero(edges == 1).astype(np.int64) + offset
+    stops = np.flatnonzero(edges == -1).astype(np.int64) + offset
+    return starts, stops
+
+
 def split_mask(doc_ids: np.ndarray, split: str, eval_fraction: float) -> np.ndarray:
     """bool [n]: which rows belong to `split`."""
     check_split(split, eval_fraction)

@@ -6,6 +6,7 @@ import difflib
 import json
 from pathlib import Path
 
+from jaxdict.atomic import write_json_atomic
 from jaxdict.config import split_spec
 from jaxdict.sae.config import ConfigError
 from jaxdict.train.config import RunConfig, group_key, load_sweep_points
@@ -68,6 +69,4 @@ def claim_out_dir(out: Path, spec: str, points: list[RunConfig], adopt: bool = F
             raise SweepError(f"{out} is not empty and holds no {SWEEP_FILE}; it is not a folder of this sweep")
         names = sorted(p.run.name for p in points)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**ident, "points": names}, indent=2) + "\n")
-    tmp.replace(marker)
+    write_json_atomic(marker, {**ident, "points": names})

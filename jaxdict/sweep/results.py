@@ -1,31 +1,27 @@
-"""The results table of a sweep: one row per finished run, in the columns `jaxdict scaling fit`
-reads (jaxdict/scaling/results_table.py), written as CSV (pandas.read_csv reads it)."""
+"""The results table of a sweep: one row per finished run, in the columns of
+`jaxdict.scaling.results_table.RESULT_COLUMNS` (what `jaxdict scaling fit` reads), written as CSV
+(pandas.read_csv reads it). `flops` is the training compute C of jaxdict.scaling.compute (the dense
+maths, whatever decoder ran); `epochs` how many times the run read its training split."""
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 from pathlib import Path
 
+from jaxdict.atomic import write_text_atomic
+from jaxdict.scaling.compute import training_compute
+from jaxdict.scaling.results_table import RESULT_COLUMNS
 from jaxdict.train.config import RunConfig
+from jaxdict.train.epochs import run_epochs
 from jaxdict.train.run_setup import CONFIG_FILE, RESULT_FILE
 
-RESULT_COLUMNS = (
-    "name", "arch", "n_features", "k", "l1_coeff", "lr", "steps", "batch_size", "tokens", "flops",
-    "final_loss", "fvu", "l0", "dead_frac", "wall_time_s", "diverged",
-    # extra columns (the fitter ignores them)
-    "dense_frac", "l0_coeff", "seed", "group_size", "run_dir",
-)
+__all__ = ["RESULT_COLUMNS", "result_row", "step_compute", "write_results"]
 
 
-def step_flops(cfg: RunConfig) -> float:
-    """FLOPs of one train step (DESIGN.md §7): ~10·B·d·F dense (decoder bias folded into the
-    encoder bias); 2·B·d·F + 8·B·k·d for TopK whose decoder and encoder backward touch only the
-    k active latents."""
-    b, d, f = cfg.data.batch_size, cfg.sae.d_in, cfg.sae.n_features
-    if cfg.sae.uses_sparse_decode:
-        return 2.0 * b * d * f + 8.0 * b * cfg.sae.k * d
-    return 10.0 * b * d * f
+def step_compute(cfg: RunConfig) -> float:
+    """Training compute C of one step of `cfg` (jaxdict.scaling.compute): 10·B·d·F, whatever decoder ran."""
+    return training_compute(cfg.sae.d_in, cfg.sae.n_features, cfg.data.batch_size)
 
 
 def result_row(run_dir: str | Path, group_size: int = 1) -> dict | None:
@@ -48,7 +44,8 @@ def result_row(run_dir: str | Path, group_size: int = 1) -> dict | None:
         "steps": steps,
         "batch_size": cfg.data.batch_size,
         "tokens": steps * cfg.data.batch_size,
-        "flops": step_flops(cfg) * steps,
+        "flops": step_compute(cfg) * steps,
+        "epochs": round(run_epochs(cfg, steps * cfg.data.batch_size), 6),
         "final_loss": ev.get("loss", ""),
         "fvu": ev.get("fvu", ""),
         "l0": ev.get("l0", ""),
@@ -64,11 +61,8 @@ def result_row(run_dir: str | Path, group_size: int = 1) -> dict | None:
 
 
 def write_results(path: str | Path, rows: list[dict]) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=RESULT_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())

@@ -16,6 +16,7 @@ from typing import Callable
 from jaxdict.sweep.plan import SweepError, claim_out_dir, load_points, plan_groups
 from jaxdict.sweep.results import result_row, write_results
 from jaxdict.train.config import RunConfig
+from jaxdict.train.epochs import warn_if_repeats
 
 RESULTS_FILE = "results.csv"
 
@@ -50,6 +51,8 @@ def _run_groups(groups: list[list[RunConfig]], out: Path, log: Callable[[str], N
         log(f"train {'group of ' + str(len(todo)) + ': ' if len(todo) > 1 else ''}"
             f"{', '.join(p.run.name for p in todo)}")
         try:
+            for p in todo:
+                warn_if_repeats(p, log)
             results = train_group(todo, [p.run.out_dir for p in todo], callback=callback, log=log)
             for r in results:
                 if r.diverged:

@@ -1,23 +1,14 @@
-"""The device mesh and the one table that maps logical axes to mesh axes (DESIGN.md §5, point 4)."""
+"""The device mesh (its axis names and the logical-axis table live in jaxdict.sae.axes)."""
 from __future__ import annotations
 
 import math
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
 
+from jaxdict.sae.axes import DATA, LOGICAL_AXES, MODEL, spec  # noqa: F401 (re-exported)
 from jaxdict.sae.config import ConfigError
-
-DATA, MODEL = "data", "model"
-
-# Logical axis -> mesh axis. Batch over `data`, dictionary features over `model`, d_in replicated.
-LOGICAL_AXES: dict[str, str | None] = {"batch": DATA, "features": MODEL, "d_in": None, "sweep": None}
-
-
-def spec(*logical: str | None) -> P:
-    """PartitionSpec for an array whose axes have these logical names (None = replicated)."""
-    return P(*(None if name is None else LOGICAL_AXES[name] for name in logical))
 
 
 def make_mesh(data: int | None = None, model: int = 1, devices: list | None = None) -> Mesh:
@@ -55,13 +46,5 @@ def check_divisible(mesh: Mesh, *, batch_size: int, n_features: int) -> None:
         )
 
 
-def named(mesh: Mesh, partition: P) -> NamedSharding:
-    return NamedSharding(mesh, partition)
-
-
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, spec("batch", "d_in"))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())

@@ -12,8 +12,7 @@ import jax.numpy as jnp
 
 from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.forward import ForwardOutput
-
-DENSE_FIRING_RATE = 0.1  # "dense" latents fire on more than 10 % of tokens (DESIGN.md §4)
+from jaxdict.sae.metric_sums import DENSE_FIRING_RATE
 
 
 def fvu(x: jax.Array, x_hat: jax.Array) -> jax.Array:
