@@ -31,9 +31,10 @@ CI_LEVEL = 0.95
 ALLOCATION_LAWS = {"n_features": "F*", "steps": "S*", "tokens": "D*"}
 
 COMPUTE_LABELS = {
-    "flops": "training FLOPs, the results table's `flops` column",
+    "flops": ("training FLOPs, the results table's `flops` column: C = 10·d·F·tokens, the dense maths of "
+              "the SAE whatever decoder ran (jaxdict.scaling.compute)"),
     "features_x_tokens": ("n_features × training tokens (DESIGN.md §4: C ∝ F × tokens; the FLOPs per unit "
-                          "of C, ≈ 12·d for a dense step by DESIGN.md §7, only rescale a, not the exponents)"),
+                          "of C, 10·d by jaxdict.scaling.compute, only rescale a, not the exponents)"),
 }
 
 
@@ -162,20 +163,7 @@ def fit_sweep(
     alloc_fits = {k: fit_power_law(fc, attrs[k][frontier], what=f"{sym}(C)") for k, sym in allocation.items()}
 
     rng = np.random.default_rng(seed)
-    samples: dict[str, dict[str, np.ndarray]] | None = None
-    n_rejected = 0
-    if bootstrap:
-        # 3 distinct compute values identify the 3 parameters of L(C); the pure laws need only 2.
-        resamples, n_rejected = draw_resamples(fc, bootstrap, N_PARAMS_SATURATING, rng)
-        log_fc = np.log(fc)
-        samples = {"loss": bootstrap_parameters(
-            lambda idx: _law_params(fit_saturating_from_log_compute(log_fc[idx], fl[idx]), ("a", "b", "c")),
-            resamples)}
-        for key in allocation:
-            log_y = np.log(attrs[key][frontier])
-            samples[key] = bootstrap_parameters(
-                lambda idx, ly=log_y: _law_params(fit_power_law_from_logs(log_fc[idx], ly[idx]), ("a", "b")),
-                resamples)
+    samples, n_rejected = _bootstrap_samples(fc, fl, {k: attrs[k][frontier] for k in allocation}, bootstrap, rng)
 
     extrapolation, holdout_fit = (None, None)
     if holdout_top:
@@ -189,34 +177,12 @@ def fit_sweep(
     if not lr_varies:
         fits["lr"] = None
 
-    frontier_set = set(frontier.tolist())
     result: dict[str, Any] = {
         "source": str(table.source),
         "metric": metric,
         "compute_definition": table.compute_definition,
         "compute_label": COMPUTE_LABELS[table.compute_definition],
-        "n_runs": len(table.runs),
-        "n_included": len(runs),
-        "where": dict(table.where),
-        "n_filtered_out": table.n_filtered_out,
-        "mixed_settings": {
-            field: values for field in ("arch", "k", "l1_coeff")
-            if len(values := sorted({getattr(r, field) for r in runs})) > 1
-        },
-        "lr_values": sorted(set(attrs["lr"].tolist())),
-        "excluded": [{"name": r.name, "reason": r.excluded_reason} for r in table.excluded],
-        # Every used run, so that plots can be redrawn from fit.json alone.
-        "runs": [
-            {"name": r.name, "n_features": r.n_features, "steps": r.steps, "tokens": r.tokens, "lr": r.lr,
-             "compute": float(c[i]), "loss": float(loss[i]), "on_frontier": i in frontier_set}
-            for i, r in enumerate(runs)
-        ],
-        "frontier": [
-            {"name": runs[i].name, "arch": runs[i].arch, "n_features": runs[i].n_features,
-             "steps": runs[i].steps, "tokens": runs[i].tokens, "lr": runs[i].lr,
-             "compute": float(c[i]), "loss": float(loss[i])}
-            for i in frontier
-        ],
+        **_runs_summary(table, c, loss, frontier),
         "fits": fits,
         "bootstrap": {"n_resamples": bootstrap, "seed": seed, "ci_level": CI_LEVEL,
                       "n_rejected_draws": n_rejected, "min_distinct_compute": N_PARAMS_SATURATING},
@@ -230,18 +196,79 @@ def fit_sweep(
         pts = SweepPoints(compute=c, loss=loss, n_features=attrs["n_features"], steps=attrs["steps"],
                           lr=attrs["lr"], frontier=frontier, compute_label=table.compute_definition,
                           metric=metric)
-        excl = [r for r in table.excluded if math.isfinite(r.loss) and r.loss > 0 and _excluded_compute(table, r)]
-        paths = plot_loss_vs_compute(
-            out, pts, loss_fit, holdout_fit, frontier[len(frontier) - holdout_top:] if holdout_top else np.array([], int),
-            np.array([_excluded_compute(table, r) for r in excl], dtype=np.float64),
-            np.array([r.loss for r in excl], dtype=np.float64))
-        paths += plot_frontier_allocation(out, pts, alloc_fits["n_features"], alloc_fits["steps"])
-        if lr_varies:
-            paths += plot_lr_vs_compute(out, pts, alloc_fits["lr"])
-        result["plots"] = [p.name for p in paths]
+        result["plots"] = _plots(out, table, pts, loss_fit, holdout_fit, alloc_fits, holdout_top)
     write_json_atomic(out / "fit.json", result, allow_nan=False)
     write_report(out / "report.md", result)
     return result
+
+
+def _bootstrap_samples(fc: np.ndarray, fl: np.ndarray, frontier_attrs: dict[str, np.ndarray], bootstrap: int,
+                       rng: np.random.Generator) -> tuple[dict[str, dict[str, np.ndarray]] | None, int]:
+    """Bootstrap parameter samples of L(C) ("loss") and of each allocation law, and how many draws
+    were redrawn; (None, 0) when `bootstrap` is 0."""
+    if not bootstrap:
+        return None, 0
+    # 3 distinct compute values identify the 3 parameters of L(C); the pure laws need only 2.
+    resamples, n_rejected = draw_resamples(fc, bootstrap, N_PARAMS_SATURATING, rng)
+    log_fc = np.log(fc)
+    samples = {"loss": bootstrap_parameters(
+        lambda idx: _law_params(fit_saturating_from_log_compute(log_fc[idx], fl[idx]), ("a", "b", "c")),
+        resamples)}
+    for key, y in frontier_attrs.items():
+        log_y = np.log(y)
+        samples[key] = bootstrap_parameters(
+            lambda idx, ly=log_y: _law_params(fit_power_law_from_logs(log_fc[idx], ly[idx]), ("a", "b")),
+            resamples)
+    return samples, n_rejected
+
+
+def _runs_summary(table: ResultsTable, c: np.ndarray, loss: np.ndarray, frontier: np.ndarray) -> dict[str, Any]:
+    """The fit.json entries that describe the table's runs: counts, filters, mixed settings,
+    exclusions, repeated data, every used run and the frontier."""
+    runs = table.included
+    frontier_set = set(frontier.tolist())
+    return {
+        "n_runs": len(table.runs),
+        "n_included": len(runs),
+        "where": dict(table.where),
+        "n_filtered_out": table.n_filtered_out,
+        "mixed_settings": {
+            field: values for field in ("arch", "k", "l1_coeff")
+            if len(values := sorted({getattr(r, field) for r in runs})) > 1
+        },
+        "lr_values": sorted({r.lr for r in runs}),
+        "excluded": [{"name": r.name, "reason": r.excluded_reason} for r in table.excluded],
+        # Runs that read their training split more than once: the fits assume fresh tokens.
+        "epochs_recorded": all(r.epochs is not None for r in runs),
+        "repeated_data": [{"name": r.name, "epochs": r.epochs} for r in runs if r.epochs is not None and r.epochs > 1],
+        # Every used run, so that plots can be redrawn from fit.json alone.
+        "runs": [
+            {"name": r.name, "n_features": r.n_features, "steps": r.steps, "tokens": r.tokens, "lr": r.lr,
+             "epochs": r.epochs, "compute": float(c[i]), "loss": float(loss[i]), "on_frontier": i in frontier_set}
+            for i, r in enumerate(runs)
+        ],
+        "frontier": [
+            {"name": runs[i].name, "arch": runs[i].arch, "n_features": runs[i].n_features,
+             "steps": runs[i].steps, "tokens": runs[i].tokens, "lr": runs[i].lr,
+             "compute": float(c[i]), "loss": float(loss[i])}
+            for i in frontier
+        ],
+    }
+
+
+def _plots(out: Path, table: ResultsTable, pts: SweepPoints, loss_fit, holdout_fit, alloc_fits: dict,
+           holdout_top: int) -> list[str]:
+    """Write the PNG/SVG plots; their file names."""
+    frontier = pts.frontier
+    excl = [r for r in table.excluded if math.isfinite(r.loss) and r.loss > 0 and _excluded_compute(table, r)]
+    paths = plot_loss_vs_compute(
+        out, pts, loss_fit, holdout_fit, frontier[len(frontier) - holdout_top:] if holdout_top else np.array([], int),
+        np.array([_excluded_compute(table, r) for r in excl], dtype=np.float64),
+        np.array([r.loss for r in excl], dtype=np.float64))
+    paths += plot_frontier_allocation(out, pts, alloc_fits["n_features"], alloc_fits["steps"])
+    if "lr" in alloc_fits:
+        paths += plot_lr_vs_compute(out, pts, alloc_fits["lr"])
+    return [p.name for p in paths]
 
 
 def _law_params(law: PowerLaw | SaturatingPowerLaw, names: tuple[str, ...]) -> dict[str, float]:

@@ -71,6 +71,19 @@ def _extrapolation_section(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _epochs_line(result: dict[str, Any]) -> str:
+    repeated = result.get("repeated_data") or []
+    if repeated:
+        worst = max(r["epochs"] for r in repeated)
+        return (f"- **data repeated**: {len(repeated)} used run(s) read their training split more than once "
+                f"(up to {worst:.3g} epochs: {', '.join(r['name'] for r in repeated)}); the fits treat every "
+                "token as fresh")
+    if not result.get("epochs_recorded", False):
+        return "- epochs: not recorded in the table (written by jaxdict sweep since the `epochs` column)"
+    most = max((r["epochs"] for r in result["runs"]), default=0.0)
+    return f"- epochs: every used run reads its training split at most once (largest {most:.3g})"
+
+
 def render_report(result: dict[str, Any]) -> str:
     """Markdown text of the report for one `fit_sweep` result."""
     boot = result["bootstrap"]
@@ -85,6 +98,7 @@ def render_report(result: dict[str, Any]) -> str:
         f"{len(result['excluded'])} excluded; {len(frontier)} on the compute-optimal frontier "
         f"(C from {_g(frontier[0]['compute'])} to {_g(frontier[-1]['compute'])})",
     ]
+    lines.append(_epochs_line(result))
     if result["where"]:
         lines.append(
             f"- filter: {', '.join(f'{k}={v}' for k, v in result['where'].items())} "

@@ -50,6 +50,7 @@ class RunRecord:
     loss: float  # may be nan for excluded runs
     diverged: bool
     excluded_reason: str | None  # None: the run takes part in the fits
+    epochs: float | None = None  # reads of the training split; None where the table has no `epochs`
 
     @property
     def included(self) -> bool:
@@ -133,6 +134,15 @@ def _parse_bool(text: str, run: str, column: str) -> bool:
     )
 
 
+def _optional_float(row: dict[str, str], column: str) -> float | None:
+    """A reporting-only column: its number, or None when absent, empty or not a finite number."""
+    try:
+        value = float((row.get(column) or "").strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
 def _parse_row(row: dict[str, str], metric: str) -> RunRecord:
     name = (row["name"] or "").strip()
     if not name:
@@ -167,7 +177,7 @@ def _parse_row(row: dict[str, str], metric: str) -> RunRecord:
             n_features=int(n_features) if math.isfinite(n_features) else 0,
             lr=lenient("lr"), steps=int(steps) if math.isfinite(steps) else 0, tokens=lenient("tokens"),
             flops=lenient("flops") if lenient("flops") > 0 else None,
-            loss=loss, diverged=diverged, excluded_reason=reason,
+            loss=loss, diverged=diverged, excluded_reason=reason, epochs=_optional_float(row, "epochs"),
         )
     flops = None
     if flops_text:
@@ -186,6 +196,7 @@ def _parse_row(row: dict[str, str], metric: str) -> RunRecord:
         loss=loss,
         diverged=False,
         excluded_reason=None,
+        epochs=_optional_float(row, "epochs"),
     )
 
 
