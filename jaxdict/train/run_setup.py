@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from jaxdict.atomic import write_json_atomic
 from jaxdict.config import config_diff
 from jaxdict.data import ArraySource, StoreSource
 from jaxdict.sae.config import ConfigError
@@ -109,9 +109,7 @@ def resolve(cfg: RunConfig, sources: DataSources, run_dir: str) -> dict:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, sort_keys=True)
 
 
 def read_json(path: Path) -> Any:
