@@ -24,11 +24,18 @@ COMMANDS: dict[str, str] = {
     "scaling": "fit scaling laws to a finished sweep and plot them",
     "eval": "evaluate an SAE: fvu, l0, dead/dense fractions, and delta_ce / kl spliced into the LM",
     "features": "explore features: top contexts, logit effects, neighbours, HTML dashboard, search",
+    "find": "concept search: rank features by how well they separate positive from negative examples",
     "steer": "clamp features while the LM generates and measure the effect (BOS left alone)",
+    "steer-eval": "batch steering evaluation of a suite against DiffMean, random and prompting baselines",
     "export": "export an SAE to the SAELens layout or import SAELens / Gemma Scope weights",
     "bench": "measure train-step, loader and harvester throughput",
     "quickstart": "the whole pipeline end to end on the embedded default (Gemma 3 270M)",
 }
+
+
+def _module(command: str) -> str:
+    """Module of a sub-command: `steer-eval` lives in jaxdict/commands/steer_eval.py."""
+    return command.replace("-", "_")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -40,7 +47,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == only:
-            module = importlib.import_module(f"jaxdict.commands.{name}")
+            module = importlib.import_module(f"jaxdict.commands.{_module(name)}")
             module.add_arguments(p)
     return parser
 
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(f"jaxdict.commands.{args.command}")
+    module = importlib.import_module(f"jaxdict.commands.{_module(args.command)}")
     try:
         return int(module.run(args) or 0)
     except Exception as err:
