@@ -61,7 +61,7 @@ def composition(store_path: str) -> dict:
             if doc.doc_id > max(rows_per_doc):
                 break
             continue
-        pieces = tok._sp.encode(doc.text, out_type="immutable_proto").pieces[:n]
+        pieces = tok._sp.encode(doc.text, return_type="proto").pieces[:n]
         mask = prose_char_mask(doc.text)
         if mask is None:
             counts["unparsed"] += len(pieces)

@@ -11,9 +11,10 @@ from tiny_lm import tiny_lm
 def test_auroc_with_ties_by_hand():
     pos = np.array([[3.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
     neg = np.array([[1.0, 0.0], [0.0, 0.0]])
-    # Feature 0: pairs (3>1, 3>0, 1=1, 1>0, 0<1, 0=0) -> (4 + 0.5*2) / 6.
-    # Feature 1: (0=0, 0=0, 0=0, 0=0, 2>0, 2>0) -> (2 + 0.5*4) / 6.
-    np.testing.assert_allclose(auroc(pos, neg), [5 / 6, 4 / 6])
+    # Feature 0: pairs 3>1, 3>0, 1=1, 1>0, 0<1, 0=0 -> (3 + 0.5*2) / 6.
+    # Feature 1: 0=0 four times, 2>0 twice -> (2 + 0.5*4) / 6.
+    np.testing.assert_allclose(auroc(pos, neg), [4 / 6, 4 / 6])
+    np.testing.assert_allclose(auroc(pos[:2], neg), [3.5 / 4, 0.5])
     with pytest.raises(ValueError, match="positive and negative"):
         auroc(pos[:0], neg)
 

@@ -22,15 +22,13 @@ def tok():
     ({"kind": "a", "split": "dev", "prompt": "x", "target": "1"}, r"s\.jsonl:3: missing field\(s\) alternative"),
     ({"kind": "a", "split": "dev", "prompt": "x", "target": "", "alternative": "2"}, r"s\.jsonl:3: field 'target' is empty"),
     ({"kind": "a", "split": "train", "prompt": "x", "target": "1", "alternative": "2"}, r":3: split 'train'; valid: dev, test"),
-    ({"kind": "c", "split": "dev", "prompt": "x", "target": "1", "alternative": "2"}, r":3: kind 'c' is in split 'dev' but line \d+"),
+    ({"kind": "c", "split": "dev", "prompt": "x", "target": "1", "alternative": "2"}, r"s\.jsonl:6: kind 'c' is in split 'test' but line 3 puts it in 'dev'"),
     ({"kind": "a", "split": "dev", "prompt": "x " * 200, "target": "1", "alternative": "2"}, r":3: prompt \+ target is \d+ tokens; the context length is 128"),
     ({"kind": "a", "split": "dev", "prompt": "x", "target": "1", "alternative": "2", "pattern": "("}, r":3: pattern '\(' is not a valid"),
 ])
 def test_bad_suite_names_the_line(tmp_path, bad, match):
     r = rows()
-    path = write_suite(tmp_path / "s.jsonl", r[:2] + [bad] + r[2:], None)
-    if bad["kind"] == "c":  # kind c is a test kind further down
-        path = write_suite(tmp_path / "s.jsonl", r[:2] + [bad] + r[2:])
+    path = write_suite(tmp_path / "s.jsonl", r[:2] + [bad] + r[2:])  # the bad prompt is line 3
     with pytest.raises(SuiteError, match=match):
         load_suite(str(path), tok(), 128)
 

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kl-budget", type=float, nargs="+", default=[0.1, 0.3, 1.0],
                         help="KL budgets of the matched-KL comparison (default 0.1 0.3 1)")
     parser.add_argument("--max-new-tokens", type=int, default=6, help="greedy tokens generated per prompt (default 6)")
+    parser.add_argument("--generate-all", action="store_true",
+                        help="greedy generations at every sweep point (default: at each method's dev-chosen "
+                             "strength and the clamp's strongest only)")
     parser.add_argument("--boundary", choices=("follow", "refuse"), default="follow",
                         help="a prompt whose last token merges with its completion: 'follow' scores the "
                              "completion's own tokens after the prompt's own tokens; 'refuse' rejects it")
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = Settings(strengths=tuple(args.strength), kl_budgets=tuple(args.kl_budget), select_kl=args.select_kl,
                         n_candidates=args.candidates, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                        feature=args.feature)
+                        feature=args.feature, generate_all=args.generate_all)
     sae = load_sae_with_max(args.sae, args.step, args.max_activations)
     if args.feature is not None:
         sae.check_feature(args.feature)

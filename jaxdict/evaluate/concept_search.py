@@ -39,7 +39,7 @@ def make_example(tokenizer, raw: str) -> Example:
     text = _MARK.sub(lambda m: m.group(1), raw)
     if not text.strip():
         raise ValueError(f"example {raw!r} is empty")
-    pieces = tokenizer._sp.encode(text, out_type="immutable_proto").pieces
+    pieces = tokenizer._sp.encode(text, return_type="proto").pieces
     ids = (tokenizer.bos_id, *(p.id for p in pieces))
     if not marks:
         return Example(text, ids, tuple(range(1, len(ids))))

@@ -35,6 +35,9 @@ class Settings:
     max_new_tokens: int = 6
     seed: int = 0
     feature: int | None = None  # skip the search and evaluate this feature
+    # Greedy generations cost max_new_tokens forwards per prompt: by default only at each method's
+    # dev-chosen strength and the clamp's strongest; True generates at every sweep point.
+    generate_all: bool = False
 
     def __post_init__(self):
         if not self.strengths or not any(s > 0 for s in self.strengths):
@@ -105,14 +108,23 @@ def measure_point(lm, sae: SAE, method: Method, strength: float | None, suite: S
         point[split] = M.summary_of(shifts, [p.kind for p in prompts], direction)
         point[split]["shifts"] = [float(x) for x in shifts]
     point["dev_mean_shift"] = point["dev"]["mean_shift"]
+    point.update(generations=None, pattern_fraction=None, perplexity=None)
+    if settings.generate_all:
+        add_generations(lm, sae, method, point, suite, settings)
+    return point
+
+
+def add_generations(lm, sae: SAE, method: Method, point: dict[str, Any], suite: Suite, settings: Settings) -> None:
+    """Greedy test generations at a point: texts, pattern-match fraction, perplexity under the unsteered LM."""
+    strength = point["strength"]
+    edits = method.edits(sae, strength) if strength is not None else None
     test = suite.split("test")
-    ctx = [list(p.prompt_ids[:1]) + list(prefix) + list(p.prompt_ids[1:]) for p in test]
+    ctx = [list(p.prompt_ids[:1]) + list(method.prefix_ids) + list(p.prompt_ids[1:]) for p in test]
     gens = M.greedy_generate(lm, ctx, settings.max_new_tokens, edits)
     texts = [lm.tokenizer.decode(g) for g in gens]
     point["generations"] = texts
     point["pattern_fraction"] = _pattern_fraction(test, texts)
     point["perplexity"] = M.perplexity(lm, [p.prompt_ids for p in test], gens)
-    return point
 
 
 def matched_kl(points: Sequence[dict[str, Any]], budgets: Sequence[float], sign: float = 1.0) -> dict[str, float | None]:
@@ -167,6 +179,12 @@ def run_steer_eval(lm, sae: SAE, suite: Suite, settings: Settings, log: Callable
             log(f"  {method.name} s={p['strength']}: KL {p['kl']:.3f}, test shift {p['test']['mean_shift']:+.3f}, "
                 f"wrong way {p['test']['wrong_way']}/{p['test']['n']}")
         op = best_point(points, settings.select_kl)
+        gen_at = [op] if op is not None else []
+        if method.name == "feature-clamp":
+            gen_at.append(max((p for p in points if p["strength"] is not None), key=lambda p: p["strength"]))
+        for p in gen_at:
+            if p["generations"] is None:
+                add_generations(lm, sae, method, p, suite, settings)
         results.append({**method.describe(), "points": points,
                         "chosen_strength": None if op is None else op["strength"],
                         "matched_kl": matched_kl(points, settings.kl_budgets, 1.0),

@@ -57,7 +57,7 @@ def _method_table(result: dict[str, Any]) -> list[str]:
         t = op["test"]
         lines.append(f"| {name} | {_f(op['strength'], 'g')} | {op['kl']:.3f} | {t['mean_shift']:+.3f} | "
                      f"{t['wrong_way']}/{t['n']} | {t['kinds_moved']}/{t['n_kinds']} | "
-                     f"{_f(op['pattern_fraction'], '.2f')} | {op['perplexity']:.1f} | {mk} |")
+                     f"{_f(op['pattern_fraction'], '.2f')} | {_f(op['perplexity'], '.1f')} | {mk} |")
     return lines
 
 
@@ -68,7 +68,7 @@ def _sweep_table(m: dict[str, Any]) -> list[str]:
         t = p["test"]
         lines.append(f"| {_f(p['strength'], 'g')} | {p['kl']:.3f} | {p['dev']['mean_shift']:+.3f} | "
                      f"{t['mean_shift']:+.3f} | {t['median_shift']:+.3f} | {t['wrong_way']}/{t['n']} | "
-                     f"{t['kinds_moved']}/{t['n_kinds']} | {_f(p['pattern_fraction'], '.2f')} | {p['perplexity']:.1f} |")
+                     f"{t['kinds_moved']}/{t['n_kinds']} | {_f(p['pattern_fraction'], '.2f')} | {_f(p['perplexity'], '.1f')} |")
     return lines
 
 
@@ -94,6 +94,13 @@ def markdown(result: dict[str, Any], png_name: str = "steer_eval.png", dashboard
             "matching the prompt's pattern. ppl: perplexity of the steered continuation under the unsteered "
             "model. Matched KL: test shift interpolated on each method's shift-vs-KL curve (strengths > 0, "
             "through the origin); — where the method never reaches that KL.", "",
+            "How methods are made comparable: at strength s every vector method adds a vector of norm s·r, "
+            "r = max_i·‖W_dec,i‖ being what clamping the chosen feature i to 1× its max adds where it is silent. "
+            "A clamp *sets* f_i := s·max_i, so where the feature already fires at f_i(x) it adds only "
+            "(s·max_i − f_i(x))·W_dec,i (less than feature-add at the same s, or even a subtraction); "
+            "feature-add adds s·max_i·W_dec,i everywhere. Because equal s is therefore not equal intervention, "
+            "methods are compared at matched KL to the unsteered model on a neutral text, the same positions "
+            "(every position after BOS) edited for every method. Strengths are chosen on dev kinds only.", "",
             "## Unsteered preference per prompt", "",
             "| line | split | kind | log P(target) − log P(alt) | prompt | target | alternative |", "|---|---|---|---|---|---|---|"]
     for p in result["unsteered"]["prompts"]:
@@ -113,7 +120,7 @@ def markdown(result: dict[str, Any], png_name: str = "steer_eval.png", dashboard
 def _before_after(result: dict[str, Any]) -> list[str]:
     clamp = result["methods"][0]
     op = next((p for p in clamp["points"] if p["strength"] == clamp["chosen_strength"]), None)
-    strongest = max((p for p in clamp["points"] if p["strength"] and p["strength"] > 0), key=lambda p: p["strength"])
+    strongest = max((p for p in clamp["points"] if p["strength"] is not None), key=lambda p: p["strength"])
     test = [p for p in result["unsteered"]["prompts"] if p["split"] == "test"]
     cols = [("unsteered", result["unsteered"]["generations"])]
     if op is not None:
