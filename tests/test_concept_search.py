@@ -38,3 +38,20 @@ def test_marked_span_selects_tokens():
     assert whole.span == tuple(range(1, len(whole.ids)))
     with pytest.raises(ValueError, match="empty"):
         make_example(tok, "[[ ]]")
+
+
+def test_steer_eval_and_find_import_no_training_code():
+    """DESIGN §2: the evaluator and steering load checkpoints without optax, grain or jaxdict.train."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, jaxdict.evaluate.steer_eval, jaxdict.evaluate.steer_eval_report, "
+            "jaxdict.evaluate.concept_search, jaxdict.evaluate.steer_suite, jaxdict.commands.steer_eval, "
+            "jaxdict.commands.find, jaxdict.commands.steer\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('optax', 'grain') "
+            "or m.startswith('jaxdict.train') or m.startswith('jaxdict.data'))\n"
+            "print(bad); assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
