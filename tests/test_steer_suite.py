@@ -93,7 +93,8 @@ def test_steer_eval_and_find_cli(tmp_path, monkeypatch, capsys):
     from jaxdict.cli import main
     from jaxdict.sae.io import export_saelens
 
-    monkeypatch.setattr(jaxdict.lm, "load", lambda name: tiny_lm())
+    lm = tiny_lm()  # built before load is patched: it takes the real tokenizer through load
+    monkeypatch.setattr(jaxdict.lm, "load", lambda name: lm)
     sae = sae_with_max()
     folder = export_saelens(sae, tmp_path / "sae")
     suite = write_suite(tmp_path / "s.jsonl", rows(), {"suite": "tiny", "prefix": "# yes\n"})
