@@ -84,21 +84,19 @@ def _epochs_line(result: dict[str, Any]) -> str:
     return f"- epochs: every used run reads its training split at most once (largest {most:.3g})"
 
 
-def render_report(result: dict[str, Any]) -> str:
-    """Markdown text of the report for one `fit_sweep` result."""
+def _header_lines(result: dict[str, Any]) -> list[str]:
+    """The bullet list under the title: table, metric, compute, runs, data, filters, intervals."""
     boot = result["bootstrap"]
     frontier = result["frontier"]
     lines = [
-        "# Scaling-law fit",
-        "",
         f"- results table: `{result['source']}`",
         f"- loss L: `{result['metric']}`",
         f"- compute C: {result['compute_label']}",
         f"- runs: {result['n_runs']} in the table, {result['n_included']} used, "
         f"{len(result['excluded'])} excluded; {len(frontier)} on the compute-optimal frontier "
         f"(C from {_g(frontier[0]['compute'])} to {_g(frontier[-1]['compute'])})",
+        _epochs_line(result),
     ]
-    lines.append(_epochs_line(result))
     if result["where"]:
         lines.append(
             f"- filter: {', '.join(f'{k}={v}' for k, v in result['where'].items())} "
@@ -118,6 +116,13 @@ def render_report(result: dict[str, Any]) -> str:
         )
     else:
         lines.append("- intervals: none (`--bootstrap 0`)")
+    return lines
+
+
+def render_report(result: dict[str, Any]) -> str:
+    """Markdown text of the report for one `fit_sweep` result."""
+    frontier = result["frontier"]
+    lines = ["# Scaling-law fit", "", *_header_lines(result)]
     lines += [
         "",
         "## Fitted laws",
