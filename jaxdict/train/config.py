@@ -61,14 +61,19 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """`data × model` devices; data=None takes every device not used by `model`."""
+    """`data × model` devices; data=None takes every device not used by `model`. `shard`: how
+    parameters and optimiser state are stored — "model" (features over the model axis) or "fsdp"
+    (features over model × data, gathered by the step; jaxdict/train/mesh.py)."""
 
     data: int | None = None
     model: int = 1
+    shard: Literal["model", "fsdp"] = "model"
 
     def __post_init__(self) -> None:
         if self.model < 1 or (self.data is not None and self.data < 1):
             raise ConfigError(f"mesh.data = {self.data}, mesh.model = {self.model}; both must be >= 1")
+        if self.shard not in ("model", "fsdp"):
+            raise ConfigError(f"mesh.shard = {self.shard!r}; valid: model, fsdp")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -166,7 +166,7 @@ def setup_group(cfgs: list[RunConfig], run_dirs: list[str] | None, *, force: boo
     b_dec = None if start else initial_b_dec(base, sources)
     members = [load_or_init_state(c.sae, c.optim, mesh, seed=c.run.seed, input_scale=sources.input_scale,
                                   hparams={"lr": c.optim.lr, "sparsity_coeff": c.sparsity_coeff}, b_dec=b_dec,
-                                  run_dir=d if start else None, step=start or None)
+                                  run_dir=d if start else None, step=start or None, shard=base.mesh.shard)
                for c, d in zip(cfgs, run_dirs)]
     if start:
         log(f"resuming {', '.join(c.run.name for c in cfgs)} from step {start}")

@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxdict import run_layout as layout
 from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.params import SAEParams, init_params
-from jaxdict.train.mesh import spec
+from jaxdict.train.mesh import spec, stored_spec
 from jaxdict.train.optim import OptimConfig, make_transform
 
 
@@ -70,19 +70,22 @@ def init_state(
     )
 
 
-def param_specs(sae_cfg: SAEConfig) -> SAEParams:
+def param_specs(sae_cfg: SAEConfig, shard: str = "model") -> SAEParams:
+    """Parameter specs as sharding mode `shard` stores them (jaxdict.train.mesh.SHARD_MODES); the
+    step always computes in the "model" layout."""
     return SAEParams(
-        W_enc=spec("d_in", "features"),
-        b_enc=spec("features"),
-        W_dec=spec("features", "d_in"),
-        b_dec=spec("d_in"),
-        threshold=spec("features") if sae_cfg.has_threshold else None,
+        W_enc=stored_spec("d_in", "features", shard=shard),
+        b_enc=stored_spec("features", shard=shard),
+        W_dec=stored_spec("features", "d_in", shard=shard),
+        b_dec=stored_spec("d_in", shard=shard),
+        threshold=stored_spec("features", shard=shard) if sae_cfg.has_threshold else None,
     )
 
 
-def state_specs(sae_cfg: SAEConfig, optim_cfg: OptimConfig, abstract: TrainState) -> TrainState:
-    """PartitionSpecs for every leaf: params by the logical table, Adam moments like their params."""
-    p_specs = param_specs(sae_cfg)
+def state_specs(sae_cfg: SAEConfig, optim_cfg: OptimConfig, abstract: TrainState, shard: str = "model") -> TrainState:
+    """PartitionSpecs for every leaf: params by the logical table in the `shard` storage layout,
+    Adam moments like their params."""
+    p_specs = param_specs(sae_cfg, shard)
     opt_specs = optax.tree_map_params(
         make_transform(optim_cfg),
         lambda _, s: s,
@@ -150,6 +153,7 @@ def load_or_init_state(
     b_dec: Any = None,
     run_dir: str | Path | None = None,
     step: int | None = None,
+    shard: str = "model",
 ) -> layout.Loaded:
     """One run member's train state on `mesh`: checkpoint `step` of `run_dir` (None: the latest)
     with its loader position and config (`.json["data_iter"]`, `.json["config"]`), or — with no
@@ -161,14 +165,16 @@ def load_or_init_state(
 
     return layout.load_or_init(
         init, jax.random.PRNGKey(seed), b_dec,
-        shardings=lambda abstract: to_shardings(mesh, state_specs(sae_cfg, optim_cfg, abstract)),
+        shardings=lambda abstract: to_shardings(mesh, state_specs(sae_cfg, optim_cfg, abstract, shard)),
         run_dir=run_dir, step=step, to_items=to_items, from_items=from_items,
         json_items=(layout.DATA_ITER, layout.CONFIG) if run_dir is not None else ())
 
 
 def create_state(sae_cfg: SAEConfig, optim_cfg: OptimConfig, mesh: Mesh, seed: int = 0, input_scale: float = 1.0,
-                 hparams: dict[str, float] | None = None, b_dec: Any = None) -> tuple[TrainState, TrainState]:
-    """A fresh state initialised directly into its shardings. Returns (state, shardings)."""
+                 hparams: dict[str, float] | None = None, b_dec: Any = None,
+                 shard: str = "model") -> tuple[TrainState, TrainState]:
+    """A fresh state initialised directly into its shardings (`shard`: the storage layout).
+    Returns (state, shardings)."""
     loaded = load_or_init_state(sae_cfg, optim_cfg, mesh, seed=seed, input_scale=input_scale, hparams=hparams,
-                                b_dec=b_dec)
+                                b_dec=b_dec, shard=shard)
     return loaded.value, loaded.shardings

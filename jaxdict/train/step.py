@@ -19,7 +19,7 @@ from jaxdict.sae.params import SAEParams
 from jaxdict.train import metrics as metric_defs
 from jaxdict.train.mesh import batch_sharding, check_divisible
 from jaxdict.train.optim import OptimConfig, lr_multiplier, make_transform, sparsity_multiplier
-from jaxdict.train.state import TrainState
+from jaxdict.train.state import TrainState, param_specs, to_shardings
 
 # Counters saturate here so int32 never wraps (2^30 tokens ≫ the 10M-token dead window).
 _COUNTER_CAP = 2**30
@@ -39,9 +39,16 @@ def train_step(
     sae_cfg: SAEConfig,
     optim_cfg: OptimConfig,
     mesh: Mesh | None,
+    shard: str = "model",
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimiser step on a batch [B, d_in] of raw activations."""
+    """One optimiser step on a batch [B, d_in] of raw activations. `shard`: how the state is stored
+    (jaxdict.train.mesh.SHARD_MODES); the loss always sees the parameters in the "model" layout."""
     tx = make_transform(optim_cfg)
+    fsdp = shard == "fsdp" and mesh is not None
+    params = state.params
+    if fsdp:
+        # FSDP: all-gather the stored 1/devices shards over `data` into the model-axis layout.
+        params = jax.lax.with_sharding_constraint(params, to_shardings(mesh, param_specs(sae_cfg, "model")))
     x = batch.astype(jnp.float32) * state.input_scale
     uses_warmup = sae_cfg.arch in ("relu_l1", "jumprelu")
     sparsity = state.hparams["sparsity_coeff"] * (
@@ -50,8 +57,11 @@ def train_step(
     dead = state.tokens_since_fired >= sae_cfg.dead_tokens
 
     (loss, (out, parts)), grads = jax.value_and_grad(sae_loss, has_aux=True)(
-        state.params, x, sae_cfg, mesh, sparsity_coeff=sparsity, dead=dead
+        params, x, sae_cfg, mesh, sparsity_coeff=sparsity, dead=dead
     )
+    if fsdp:
+        # Back to the stored layout: the data-parallel gradient sum becomes a reduce-scatter.
+        grads = jax.lax.with_sharding_constraint(grads, to_shardings(mesh, param_specs(sae_cfg, "fsdp")))
     if sae_cfg.unit_norm_decoder:
         grads = grads.replace(W_dec=remove_parallel_component(grads.W_dec, state.params.W_dec))
     if sae_cfg.arch == "batchtopk":
@@ -121,7 +131,8 @@ def train_step(
 class TrainStep:
     """The jitted step for a fixed (configs, mesh, batch size), checking inputs before it compiles.
 
-    `sweep_size=N` trains N stacked states (leading axis) on the same batch under vmap.
+    `sweep_size=N` trains N stacked states (leading axis) on the same batch under vmap; `shard` is
+    the layout `state_shardings` store the state in (jaxdict.train.mesh.SHARD_MODES).
     """
 
     def __init__(
@@ -132,11 +143,12 @@ class TrainStep:
         state_shardings: TrainState,
         batch_size: int,
         sweep_size: int | None = None,
+        shard: str = "model",
     ):
-        check_divisible(mesh, batch_size=batch_size, n_features=sae_cfg.n_features)
+        check_divisible(mesh, batch_size=batch_size, n_features=sae_cfg.n_features, shard=shard)
         self.sae_cfg, self.optim_cfg, self.mesh = sae_cfg, optim_cfg, mesh
-        self.batch_size, self.sweep_size = batch_size, sweep_size
-        fn: Callable = functools.partial(train_step, sae_cfg=sae_cfg, optim_cfg=optim_cfg, mesh=mesh)
+        self.batch_size, self.sweep_size, self.shard = batch_size, sweep_size, shard
+        fn: Callable = functools.partial(train_step, sae_cfg=sae_cfg, optim_cfg=optim_cfg, mesh=mesh, shard=shard)
         if sweep_size is not None:
             fn = jax.vmap(fn, in_axes=(0, None))
         self.batch_sharding = batch_sharding(mesh)

@@ -8,7 +8,7 @@ One place builds it, so the driver and an ahead-of-time planner compile the same
     state, metrics = built.step(state, batch)                                          # the driver
 
 Shapes come first (`jax.eval_shape` of the initial state), then shardings (the logical-axis table
-in `mesh.py`, with a replicated leading axis per sweep member), then — in the driver only — arrays.
+in `mesh.py`, in the storage layout of `cfg.mesh.shard`, with a replicated leading axis per sweep member), then — in the driver only — arrays.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def build_train_step(cfg: RunConfig, mesh: Mesh, *, sweep_size: int | None = Non
     if sweep_size is not None and sweep_size < 2:
         raise ValueError(f"sweep_size must be None (one run) or >= 2, got {sweep_size}")
     abstract = abstract_member_state(cfg)
-    specs = state_specs(cfg.sae, cfg.optim, abstract)
+    specs = state_specs(cfg.sae, cfg.optim, abstract, shard=cfg.mesh.shard)
     member_shardings = to_shardings(mesh, specs)
     if sweep_size is None:
         state_shardings = member_shardings
@@ -81,7 +81,8 @@ def build_train_step(cfg: RunConfig, mesh: Mesh, *, sweep_size: int | None = Non
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct((sweep_size, *a.shape), a.dtype), abstract)
     abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                   abstract, state_shardings)
-    step = TrainStep(cfg.sae, cfg.optim, mesh, state_shardings, cfg.data.batch_size, sweep_size=sweep_size)
+    step = TrainStep(cfg.sae, cfg.optim, mesh, state_shardings, cfg.data.batch_size, sweep_size=sweep_size,
+                     shard=cfg.mesh.shard)
     abstract_batch = jax.ShapeDtypeStruct((cfg.data.batch_size, cfg.sae.d_in), BATCH_DTYPE,
                                           sharding=batch_sharding(mesh))
     return BuiltStep(step=step, abstract_state=abstract_state, abstract_batch=abstract_batch,
