@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "steer-eval": "batch steering evaluation of a suite against DiffMean, random and prompting baselines",
     "export": "export an SAE to the SAELens layout or import SAELens / Gemma Scope weights",
     "bench": "measure train-step, loader and harvester throughput",
+    "plan": "compile for a TPU slice on this machine: per-device memory, FLOPs, collectives, roofline",
     "quickstart": "the whole pipeline end to end on the embedded default (Gemma 3 270M)",
 }
 

@@ -161,3 +161,24 @@ def config_from_hf(cfg: Mapping[str, Any]) -> Gemma3Config:
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         max_context=int(cfg.get("max_position_embeddings", 32768)),
     )
+
+
+def _published(vocab: int, d: int, layers: int, heads: int, kv: int, head_dim: int, ffn: int, window: int,
+               rope_scale: float, query_scalar: float, context: int) -> Gemma3Config:
+    return Gemma3Config(vocab_size=vocab, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv,
+                        head_dim=head_dim, ffn_dim=ffn, sliding_window=window,
+                        layer_types=default_layer_types(layers), global_rope_scale=rope_scale,
+                        query_pre_attn_scalar=query_scalar, max_context=context)
+
+
+# The Gemma 3 family's published shapes (Hugging Face `google/gemma-3-{size}-pt` config.json,
+# text_config for the multimodal 4B-27B; Gemma 3 technical report, Table 1), for planning pods
+# (jaxdict.plan.harvest_plan) without downloading weights. 4B-27B use linear RoPE scaling ×8 on
+# global layers and a 1024-token window; 27B scales queries by (d_model / n_heads)^-0.5 = 168^-0.5.
+GEMMA3_PUBLISHED: dict[str, Gemma3Config] = {
+    "gemma3-270m": _published(262144, 640, 18, 4, 1, 256, 2048, 512, 1.0, 256.0, 32768),
+    "gemma3-1b": _published(262144, 1152, 26, 4, 1, 256, 6912, 512, 1.0, 256.0, 32768),
+    "gemma3-4b": _published(262208, 2560, 34, 8, 4, 256, 10240, 1024, 8.0, 256.0, 131072),
+    "gemma3-12b": _published(262208, 3840, 48, 16, 8, 256, 15360, 1024, 8.0, 256.0, 131072),
+    "gemma3-27b": _published(262208, 5376, 62, 32, 16, 128, 21504, 1024, 8.0, 168.0, 131072),
+}

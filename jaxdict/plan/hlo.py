@@ -164,6 +164,8 @@ def parse_collectives_with_groups(hlo_text: str, n_devices: int) -> list[tuple[C
         if op.endswith("-start"):
             # An async start returns (operands, results[, context]): its result is the total less
             # the operands (an all-reduce's result equals its operand).
+            if not operand and shape.startswith("("):
+                operand = shape_bytes(shape) / 2  # (operand, result) of equal size, operand not found
             size = operand if base in ("all-reduce", "collective-permute") else max(shape_bytes(shape) - operand, 0.0)
         else:
             size = shape_bytes(shape)

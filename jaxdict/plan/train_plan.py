@@ -1,0 +1,116 @@
+"""Plan a training run for a TPU slice before renting it: compile the exact step `jaxdict train`
+runs for the slice's devices, then read memory, FLOPs, collectives and a roofline from it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxdict.plan.analysis import ProgramCost, analyse, shard_bytes
+from jaxdict.plan.chips import Topology
+from jaxdict.plan.devices import topology_devices
+from jaxdict.plan.roofline import Roofline, roofline
+from jaxdict.sae.config import ConfigError
+from jaxdict.train.config import RunConfig
+from jaxdict.train.mesh import make_mesh
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainPlan:
+    cfg: RunConfig
+    topology: Topology
+    mesh_shape: tuple[int, int]  # (data, model)
+    sweep_size: int | None
+    cost: ProgramCost | None  # None when the compiler refused (out of memory)
+    roofline: Roofline | None
+    error: str = ""  # the compiler's refusal, when it refused
+
+    @property
+    def fits(self) -> bool:
+        return self.cost is not None and self.cost.memory.fits
+
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
+def _build_train_step(cfg: RunConfig, mesh, sweep_size: int | None):
+    """(TrainStep, abstract state, abstract batch) as jaxdict/train/driver.py builds them."""
+    from jaxdict.train.state import add_leading_axis, init_state, state_specs, to_shardings
+    from jaxdict.train.step import TrainStep
+
+    sae, optim, shard = cfg.sae, cfg.optim, cfg.mesh.shard
+    abstract = jax.eval_shape(lambda k: init_state(sae, optim, k), jax.random.PRNGKey(0))
+    specs = state_specs(sae, optim, abstract, shard=shard)
+    if sweep_size:
+        specs = add_leading_axis(specs)
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct((sweep_size, *a.shape), a.dtype), abstract)
+    shardings = to_shardings(mesh, specs)
+    step = TrainStep(sae, optim, mesh, shardings, cfg.data.batch_size, sweep_size=sweep_size, shard=shard)
+    batch = jax.ShapeDtypeStruct((cfg.data.batch_size, sae.d_in), jnp.float32, sharding=step.batch_sharding)
+    return step, _abstract(abstract, shardings), batch
+
+
+def lower_train_step(cfg: RunConfig, devices: list, sweep_size: int | None = None):
+    """Lower the train step of `cfg` for `devices` exactly as the driver builds it (same function,
+    state and batch shardings, donation, sweep axis, dtype). Returns (lowered, argument parts):
+    the parts are per-device bytes of params, optimiser state, the rest of the state and the batch."""
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.model, devices=devices)
+    step, state, batch = _build_train_step(cfg, mesh, sweep_size)
+    parts = {"params": shard_bytes(state.params), "optimiser state": shard_bytes(state.opt_state),
+             "other state": shard_bytes(state) - shard_bytes(state.params) - shard_bytes(state.opt_state),
+             "batch": shard_bytes(batch)}
+    return step.lower(state, batch), parts
+
+
+def is_out_of_memory(err: Exception) -> bool:
+    text = str(err)
+    return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text or "exceeds available" in text
+
+
+def plan_train(cfg: RunConfig, topology: Topology, sweep_size: int | None = None) -> TrainPlan:
+    """Compile `cfg`'s step for `topology` (mesh from cfg.mesh; data=None takes every chip)."""
+    devices = topology_devices(topology)
+    n_model = cfg.mesh.model
+    if len(devices) % n_model:
+        raise ConfigError(f"mesh.model = {n_model} does not divide the {len(devices)} chips of {topology.name}")
+    n_data = cfg.mesh.data or len(devices) // n_model
+    lowered, parts = lower_train_step(cfg, devices, sweep_size)
+    try:
+        compiled = lowered.compile()
+    except Exception as err:  # the TPU compiler refuses a program that does not fit its HBM
+        if not is_out_of_memory(err):
+            raise
+        return TrainPlan(cfg, topology, (n_data, n_model), sweep_size, None, None, error=_first_line(err))
+    cost = analyse(compiled, parts, topology.chip.hbm_bytes, devices[: n_data * n_model])
+    tokens = cfg.data.batch_size * (sweep_size or 1)
+    return TrainPlan(cfg, topology, (n_data, n_model), sweep_size, cost,
+                     roofline(cost, topology.chip, cfg.sae.compute_dtype, cfg.data.batch_size))
+
+
+def _first_line(err: Exception) -> str:
+    for line in str(err).splitlines():
+        if "memory" in line.lower() or "RESOURCE_EXHAUSTED" in line:
+            return line.strip()
+    return str(err).splitlines()[0] if str(err) else repr(err)
+
+
+def model_flops(cfg: RunConfig) -> float:
+    """The step's FLOPs by the model of DESIGN.md §7 (whole batch, all devices)."""
+    from jaxdict.bench.step import step_flops
+
+    return step_flops(cfg.sae, cfg.data.batch_size)
+
+
+def estimate_state_bytes(cfg: RunConfig, n_devices: int, n_model: int) -> dict[str, float]:
+    """Per-device bytes of params and Adam state without compiling: W_enc, W_dec (d·F each), b_enc,
+    threshold (F), b_dec (d), float32, two Adam moments each; "model" splits F over the model axis,
+    "fsdp" over every device."""
+    s = cfg.sae
+    per_param = 4.0 * (2 * s.d_in * s.n_features + s.n_features * (2 if s.has_threshold else 1) + s.d_in)
+    split = n_devices if cfg.mesh.shard == "fsdp" else n_model
+    return {"params": per_param / split, "optimiser state": 2 * per_param / split}
+
