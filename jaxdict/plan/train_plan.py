@@ -4,10 +4,6 @@ runs for the slice's devices, then read memory, FLOPs, collectives and a rooflin
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
-import jax
-import jax.numpy as jnp
 
 from jaxdict.plan.analysis import ProgramCost, analyse, shard_bytes
 from jaxdict.plan.chips import Topology
@@ -33,33 +29,15 @@ class TrainPlan:
         return self.cost is not None and self.cost.memory.fits
 
 
-def _abstract(tree: Any, shardings: Any) -> Any:
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
-
-
-def _build_train_step(cfg: RunConfig, mesh, sweep_size: int | None):
-    """(TrainStep, abstract state, abstract batch) as jaxdict/train/driver.py builds them."""
-    from jaxdict.train.state import add_leading_axis, init_state, state_specs, to_shardings
-    from jaxdict.train.step import TrainStep
-
-    sae, optim, shard = cfg.sae, cfg.optim, cfg.mesh.shard
-    abstract = jax.eval_shape(lambda k: init_state(sae, optim, k), jax.random.PRNGKey(0))
-    specs = state_specs(sae, optim, abstract, shard=shard)
-    if sweep_size:
-        specs = add_leading_axis(specs)
-        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct((sweep_size, *a.shape), a.dtype), abstract)
-    shardings = to_shardings(mesh, specs)
-    step = TrainStep(sae, optim, mesh, shardings, cfg.data.batch_size, sweep_size=sweep_size, shard=shard)
-    batch = jax.ShapeDtypeStruct((cfg.data.batch_size, sae.d_in), jnp.float32, sharding=step.batch_sharding)
-    return step, _abstract(abstract, shardings), batch
-
-
 def lower_train_step(cfg: RunConfig, devices: list, sweep_size: int | None = None):
     """Lower the train step of `cfg` for `devices` exactly as the driver builds it (same function,
     state and batch shardings, donation, sweep axis, dtype). Returns (lowered, argument parts):
     the parts are per-device bytes of params, optimiser state, the rest of the state and the batch."""
+    from jaxdict.train.step_builder import build_train_step
+
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.model, devices=devices)
-    step, state, batch = _build_train_step(cfg, mesh, sweep_size)
+    built = build_train_step(cfg, mesh, sweep_size=sweep_size)
+    step, state, batch = built.step, built.abstract_state, built.abstract_batch
     parts = {"params": shard_bytes(state.params), "optimiser state": shard_bytes(state.opt_state),
              "other state": shard_bytes(state) - shard_bytes(state.params) - shard_bytes(state.opt_state),
              "batch": shard_bytes(batch)}

@@ -8,7 +8,8 @@ One place builds it, so the driver and an ahead-of-time planner compile the same
     state, metrics = built.step(state, batch)                                          # the driver
 
 Shapes come first (`jax.eval_shape` of the initial state), then shardings (the logical-axis table
-in `mesh.py`, in the storage layout of `cfg.mesh.shard`, with a replicated leading axis per sweep member), then — in the driver only — arrays.
+in `mesh.py`, in the storage layout of `cfg.mesh.shard`, with a replicated leading axis per sweep
+member), then — in the driver only — arrays.
 """
 from __future__ import annotations
 
