@@ -22,8 +22,9 @@ def overflow_message(plan: TrainPlan) -> str:
     hbm = plan.topology.chip.hbm_bytes / GiB
     if plan.cost is None:
         m = re.search(r"HLO temporaries \(([\d.]+[KMGT]?)\)", plan.error)
-        what = f"temporaries need {m.group(1)}" if m else "the program"
-        return (f"does not fit: {what} on each {plan.topology.chip.name} ({hbm:.2f} GiB HBM); compiler: {plan.error}")
+        what = f"temporaries need {m.group(1)}" if m else (
+            "parameters + Adam state" if "Adam state alone" in plan.error else "the program")
+        return f"does not fit: {what} on each {plan.topology.chip.name} ({hbm:.2f} GiB HBM): {plan.error}"
     mem = plan.cost.memory
     parts = {**mem.parts, "temporaries": mem.temporaries}
     biggest = max(parts, key=parts.get)

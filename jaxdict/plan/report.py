@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from jaxdict.plan.analysis import ProgramCost
+from jaxdict.plan.analysis import Memory, ProgramCost
 from jaxdict.plan.chips import GiB, Chip, Topology
 from jaxdict.plan.roofline import Roofline, host_input_bandwidth
 
@@ -24,8 +24,7 @@ def chip_line(chip: Chip, compute_dtype: str) -> str:
             f"bidirectional; source: {chip.source}")
 
 
-def memory_lines(cost: ProgramCost) -> list[str]:
-    m = cost.memory
+def memory_lines(m: Memory) -> list[str]:
     rows = [*m.parts.items(), ("temporaries", m.temporaries), ("outputs not aliased", m.outputs_not_aliased),
             ("generated code", m.code)]
     out = ["per-device memory:"]

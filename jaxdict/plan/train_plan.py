@@ -56,6 +56,13 @@ def plan_train(cfg: RunConfig, topology: Topology, sweep_size: int | None = None
     if len(devices) % n_model:
         raise ConfigError(f"mesh.model = {n_model} does not divide the {len(devices)} chips of {topology.name}")
     n_data = cfg.mesh.data or len(devices) // n_model
+    state = estimate_state_bytes(cfg, n_data * n_model, n_model)
+    need = sum(state.values()) * (sweep_size or 1)
+    if need > topology.chip.hbm_bytes:
+        # Refused before compiling (a compile of a program this large takes minutes on a CPU).
+        return TrainPlan(cfg, topology, (n_data, n_model), sweep_size, None, None,
+                         error=f"parameters + Adam state alone need {need / 2**30:.2f} GiB per device "
+                               f"(closed form, jaxdict.plan.train_plan.estimate_state_bytes)")
     lowered, parts = lower_train_step(cfg, devices, sweep_size)
     try:
         compiled = lowered.compile()
