@@ -27,7 +27,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxdict.corpus import Corpus, Window, iter_windows
-from jaxdict.lm.language_model import LanguageModel, parse_hook
+from jaxdict.lm.hooks import parse_hook
+from jaxdict.lm.language_model import LanguageModel
 from jaxdict.sae.axes import DATA, spec
 
 __all__ = ["HarvestConfig", "Window", "harvest", "iter_windows"]
@@ -35,9 +36,10 @@ __all__ = ["HarvestConfig", "Window", "harvest", "iter_windows"]
 
 @dataclasses.dataclass(frozen=True)
 class HarvestConfig:
-    """hooks: "resid_post.L" names; context: window length incl. BOS; batch_size: windows per
-    forward pass (rounded up to a multiple of the device count); max_tokens: stop once at least
-    this many rows are in every store (None: the whole corpus); dtype: store dtype."""
+    """hooks: hook point names `KIND.L` (jaxdict.lm.hooks); context: window length incl. BOS;
+    batch_size: windows per forward pass (rounded up to a multiple of the device count);
+    max_tokens: stop once at least this many rows are in every store (None: the whole corpus);
+    dtype: store dtype."""
 
     hooks: tuple[str, ...]
     context: int = 128

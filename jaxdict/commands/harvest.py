@@ -9,7 +9,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gemma3-270m",
                    help="'gemma3-270m' (embedded default), a .gguf file or a HF Gemma 3 folder")
     p.add_argument("--hook", action="append", required=True, metavar="HOOK",
-                   help="residual hook 'resid_post.L' (repeat for several; one store each)")
+                   help="hook point KIND.L, KIND one of resid_pre, attn_out, resid_mid, mlp_in, mlp_out, "
+                        "resid_post (jaxdict.lm.hooks); repeat for several: one forward pass, one "
+                        "row-aligned store each")
     p.add_argument("--corpus", default="default",
                    help="'default' (the Python standard library's .py source), a text file or "
                         "folder, a .jsonl or a .parquet file")

@@ -13,10 +13,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxdict.lm.config import Gemma3Config
-from jaxdict.lm.language_model import LanguageModel, parse_hook
+from jaxdict.lm.hooks import HOOK_KINDS, HookPoint, parse_hook, parse_hook_point
+from jaxdict.lm.language_model import LanguageModel
 from jaxdict.lm.tokenizer import Tokenizer
 
-__all__ = ["load", "LanguageModel", "Gemma3Config", "Tokenizer", "parse_hook", "KNOWN_MODELS"]
+__all__ = ["load", "LanguageModel", "Gemma3Config", "Tokenizer", "parse_hook", "parse_hook_point", "HookPoint",
+           "HOOK_KINDS", "KNOWN_MODELS"]
 
 KNOWN_MODELS = ("gemma3-270m",)
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -12,33 +11,18 @@ import numpy as np
 
 from jaxdict.lm import model
 from jaxdict.lm.config import Gemma3Config
+from jaxdict.lm.hooks import HookPoint, parse_hook_point
 from jaxdict.lm.tokenizer import Tokenizer
 
 Array = jax.Array
 EditFn = Callable[[Array, Any], Array]
 Edits = Mapping[str, tuple[EditFn, Any]]
-_HOOK = re.compile(r"resid_post\.(-?\d+)")
-
-
-def parse_hook(hook: str, n_layers: int) -> int:
-    """Layer index of a hook name `resid_post.L` (0 <= L < n_layers)."""
-    m = _HOOK.fullmatch(hook) if isinstance(hook, str) else None
-    if m is None:
-        raise ValueError(
-            f"unknown hook {hook!r}; valid hooks are 'resid_post.L' for L in 0..{n_layers - 1}")
-    layer = int(m.group(1))
-    if not 0 <= layer < n_layers:
-        raise ValueError(
-            f"hook {hook!r}: layer {layer} out of range; valid layers are 0..{n_layers - 1}")
-    return layer
-
-
 @functools.partial(jax.jit, static_argnames=(
-    "config", "n_blocks", "hook_layers", "edit_spec", "with_logits"))
-def _forward_jit(params, ids, mask, edit_args, *, config, n_blocks, hook_layers, edit_spec,
+    "config", "n_blocks", "hook_points", "edit_spec", "with_logits"))
+def _forward_jit(params, ids, mask, edit_args, *, config, n_blocks, hook_points, edit_spec,
                  with_logits):
     hooks, logits, _ = model.forward(
-        params, ids, mask, edit_args, config=config, n_blocks=n_blocks, hook_layers=hook_layers,
+        params, ids, mask, edit_args, config=config, n_blocks=n_blocks, hook_points=hook_points,
         edit_spec=edit_spec, with_logits=with_logits)
     return hooks, logits
 
@@ -51,7 +35,7 @@ def _generate_jit(params, prompt, prompt_len, edit_args, temperature, key, *, co
     c = config
     cache = [(jnp.zeros((1, cache_len, c.n_kv_heads, c.head_dim), params["embed"].dtype),) * 2
              for _ in range(c.n_layers)]
-    run = functools.partial(model.forward, config=c, n_blocks=c.n_layers, hook_layers=(),
+    run = functools.partial(model.forward, config=c, n_blocks=c.n_layers, hook_points=(),
                             edit_spec=edit_spec, with_logits=True)
     mask = jnp.arange(prompt.shape[1])[None, :] < prompt_len
     _, logits, cache = run(params, prompt, mask, edit_args, kv_cache=cache,
@@ -109,12 +93,14 @@ class LanguageModel:
                 f"mask must be bool with the shape of ids {ids.shape}, got {mask.dtype} {mask.shape}")
         return ids, mask
 
-    def _edits(self, edits: Edits | None) -> tuple[tuple[tuple[int, EditFn], ...], tuple[Any, ...]]:
+    def _edits(self, edits: Edits | None
+               ) -> tuple[tuple[tuple[HookPoint, EditFn], ...], tuple[Any, ...]]:
+        """(hook point, fn) pairs in a canonical order (a stable jit key), and their arguments."""
         if not edits:
             return (), ()
-        items = sorted(((parse_hook(h, self.config.n_layers), fn, args)
+        items = sorted(((parse_hook_point(h, self.config.n_layers), fn, args)
                         for h, (fn, args) in edits.items()), key=lambda t: t[0])
-        return tuple((layer, fn) for layer, fn, _ in items), tuple(a for _, _, a in items)
+        return tuple((point, fn) for point, fn, _ in items), tuple(a for _, _, a in items)
 
     # -- public API ------------------------------------------------------------------------------
     def logits(self, ids: Any, mask: Any = None, edits: Edits | None = None) -> Array:
@@ -122,32 +108,34 @@ class LanguageModel:
         ids, mask = self._check_ids(ids, mask)
         spec, args = self._edits(edits)
         _, logits = _forward_jit(self.params, ids, mask, args, config=self.config,
-                                 n_blocks=self.config.n_layers, hook_layers=(), edit_spec=spec,
+                                 n_blocks=self.config.n_layers, hook_points=(), edit_spec=spec,
                                  with_logits=True)
         return logits
 
     def activations(self, ids: Any, hooks: str | Sequence[str], mask: Any = None,
                     edits: Edits | None = None) -> Array | dict[str, Array]:
-        """Residual stream [B, S, d] at one hook, or {hook: [B, S, d]} for a list of hooks.
+        """[B, S, d] at one hook point, or {hook: [B, S, d]} for a list of them.
 
-        Only the blocks up to the deepest requested hook are run. An edit at a requested hook
-        is applied before that hook is read (the hook returns the edited residual).
+        Hooks are `KIND.L` names (jaxdict.lm.hooks: resid_pre, attn_out, resid_mid, mlp_in,
+        mlp_out, resid_post); all come from one forward pass, so they are row-aligned. Only the
+        blocks up to the deepest requested hook are run. An edit at a requested hook is applied
+        before that hook is read (the hook returns the edited value).
         """
         ids, mask = self._check_ids(ids, mask)
         names = [hooks] if isinstance(hooks, str) else list(hooks)
         if not names:
             raise ValueError("activations needs at least one hook, e.g. 'resid_post.9'")
-        layers = [parse_hook(h, self.config.n_layers) for h in names]
-        n_blocks = max(layers) + 1
+        points = [parse_hook_point(h, self.config.n_layers) for h in names]
+        n_blocks = max(p.layer for p in points) + 1
         spec, args = self._edits(edits)
-        keep = [i for i, (layer, _) in enumerate(spec) if layer < n_blocks]
+        keep = [i for i, (point, _) in enumerate(spec) if point.layer < n_blocks]
         out, _ = _forward_jit(self.params, ids, mask, tuple(args[i] for i in keep),
                               config=self.config, n_blocks=n_blocks,
-                              hook_layers=tuple(sorted(set(layers))),
+                              hook_points=tuple(sorted(set(points))),
                               edit_spec=tuple(spec[i] for i in keep), with_logits=False)
         if isinstance(hooks, str):
-            return out[layers[0]]
-        return {h: out[layer] for h, layer in zip(names, layers)}
+            return out[points[0]]
+        return {h: out[point] for h, point in zip(names, points)}
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, *,
                  temperature: float = 0.0, seed: int = 0, edits: Edits | None = None

@@ -4,7 +4,8 @@ Param layout per layer (einsum-friendly, `(in, ..., out)`): q [d, H, hd], k/v [d
 o [H, hd, d], gate/up [d, F], down [F, d]; every norm weight is the full multiplier (1 + w).
 Block (Gemma 3 report; llama.cpp `llm_build_gemma3`): pre-norm -> attention (per-head RMSNorm on
 q and k, rotate-half RoPE, GQA) -> post-attention norm -> residual add; pre-norm -> GeGLU
-(gelu_tanh(gate) * up -> down) -> post-FFN norm -> residual add.
+(gelu_tanh(gate) * up -> down) -> post-FFN norm -> residual add. The hook points inside a block
+and where they sit relative to its four norms: jaxdict.lm.hooks.
 
 The functions are pure and unjitted; jaxdict.lm.language_model jits them with the static choices.
 """
@@ -16,9 +17,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxdict.lm.config import FULL, Gemma3Config
+from jaxdict.lm.hooks import HookPoint
 
 Array = jax.Array
 EditFn = Callable[[Array, Any], Array]
+TapFn = Callable[[str, Array], Array]
 # Large finite negative instead of -inf so that a fully masked row (an all-padding sequence)
 # gives a uniform softmax rather than NaN.
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -92,15 +95,22 @@ def attention(layer: dict[str, Array], x: Array, q_pos: Array, config: Gemma3Con
 
 def block(layer: dict[str, Array], x: Array, q_pos: Array, config: Gemma3Config, is_global: bool,
           kv: tuple[Array, Array] | None, k_pos: Array, k_valid: Array,
-          cache_index: Array | None = None) -> tuple[Array, tuple[Array, Array]]:
+          cache_index: Array | None = None, tap: TapFn | None = None) -> tuple[Array, tuple[Array, Array]]:
+    """One block. `tap(kind, value)` sees (and may replace) each hook point of jaxdict.lm.hooks."""
+    tap = tap or _no_tap
     eps = config.rms_norm_eps
+    x = tap("resid_pre", x)
     h, kv = attention(layer, rms_norm(x, layer["attn_norm"], eps), q_pos, config, is_global, kv,
                       k_pos, k_valid, cache_index)
-    x = x + rms_norm(h, layer["post_attn_norm"], eps)
-    h = rms_norm(x, layer["ffn_norm"], eps)
+    x = tap("resid_mid", x + tap("attn_out", rms_norm(h, layer["post_attn_norm"], eps)))
+    h = tap("mlp_in", rms_norm(x, layer["ffn_norm"], eps))
     h = jax.nn.gelu(h @ layer["gate"], approximate=True) * (h @ layer["up"])
-    x = x + rms_norm(h @ layer["down"], layer["post_ffn_norm"], eps)
+    x = tap("resid_post", x + tap("mlp_out", rms_norm(h @ layer["down"], layer["post_ffn_norm"], eps)))
     return x, kv
+
+
+def _no_tap(kind: str, value: Array) -> Array:
+    return value
 
 
 def embed(params: dict[str, Any], ids: Array, config: Gemma3Config) -> Array:
@@ -115,17 +125,17 @@ def unembed(params: dict[str, Any], x: Array, config: Gemma3Config) -> Array:
 
 
 def forward(params: dict[str, Any], ids: Array, mask: Array, edit_args: Sequence[Any], *,
-            config: Gemma3Config, n_blocks: int, hook_layers: tuple[int, ...],
-            edit_spec: tuple[tuple[int, EditFn], ...], with_logits: bool,
+            config: Gemma3Config, n_blocks: int, hook_points: tuple[HookPoint, ...],
+            edit_spec: tuple[tuple[HookPoint, EditFn], ...], with_logits: bool,
             kv_cache: list[tuple[Array, Array]] | None = None, start: Array | None = None,
-            ) -> tuple[dict[int, Array], Array | None, list[tuple[Array, Array]]]:
+            ) -> tuple[dict[HookPoint, Array], Array | None, list[tuple[Array, Array]]]:
     """Run the first `n_blocks` blocks on ids [B, S] (mask [B, S], True = real, right-padded).
 
-    `edit_spec[i] = (layer, fn)` replaces resid_post.layer by fn(x, edit_args[i]) (by
-    fn(x, edit_args[i], positions) when fn.uses_positions is true). Returns
-    ({layer: resid_post [B, S, d]} for `hook_layers`, logits [B, S, V] or None, new KV pairs).
-    With `kv_cache` ([B, T, K, hd] pairs), tokens sit at positions start.. start+S-1 and attend
-    to every earlier cache entry (generation); otherwise positions are 0..S-1.
+    `edit_spec[i] = (point, fn)` replaces the value at that hook point (jaxdict.lm.hooks) by
+    fn(x, edit_args[i]) (by fn(x, edit_args[i], positions) when fn.uses_positions is true).
+    Returns ({point: [B, S, d]} for `hook_points` (after any edit there), logits [B, S, V] or None,
+    new KV pairs). With `kv_cache` ([B, T, K, hd] pairs), tokens sit at positions start..
+    start+S-1 and attend to every earlier cache entry (generation); otherwise positions are 0..S-1.
     """
     B, S = ids.shape
     offset = jnp.zeros((), jnp.int32) if start is None else start
@@ -136,20 +146,28 @@ def forward(params: dict[str, Any], ids: Array, mask: Array, edit_args: Sequence
         T = kv_cache[0][0].shape[1]
         k_pos = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[None, :], (B, T))
         k_valid = jnp.ones((B, T), dtype=bool)  # causality hides entries not yet written
-    edits = {layer: (fn, edit_args[i]) for i, (layer, fn) in enumerate(edit_spec)}
+    edits = {point: (fn, edit_args[i]) for i, (point, fn) in enumerate(edit_spec)}
+    wanted = set(hook_points)
+    hooks: dict[HookPoint, Array] = {}
+
+    def tap_of(layer: int) -> TapFn:
+        def tap(kind: str, value: Array) -> Array:
+            point = HookPoint(kind, layer)
+            if point in edits:
+                fn, args = edits[point]
+                # An edit that marks itself `uses_positions` also gets the absolute positions
+                # [B, S] (steering leaves position 0, BOS, alone; generation steps start past it).
+                value = fn(value, args, q_pos) if getattr(fn, "uses_positions", False) else fn(value, args)
+            if point in wanted:
+                hooks[point] = value
+            return value
+        return tap
+
     x = embed(params, ids, config)
-    hooks: dict[int, Array] = {}
     new_kv: list[tuple[Array, Array]] = []
     for i in range(n_blocks):
         x, kv = block(params["layers"][i], x, q_pos, config, config.layer_types[i] == FULL,
-                      None if kv_cache is None else kv_cache[i], k_pos, k_valid, start)
+                      None if kv_cache is None else kv_cache[i], k_pos, k_valid, start, tap_of(i))
         new_kv.append(kv)
-        if i in edits:
-            fn, args = edits[i]
-            # An edit that marks itself `uses_positions` also gets the absolute positions [B, S]
-            # (steering leaves position 0, BOS, alone; generation steps start past it).
-            x = fn(x, args, q_pos) if getattr(fn, "uses_positions", False) else fn(x, args)
-        if i in hook_layers:
-            hooks[i] = x
     logits = unembed(params, x, config) if with_logits else None
     return hooks, logits, new_kv
