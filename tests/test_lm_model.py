@@ -151,8 +151,8 @@ def test_bad_hooks_and_inputs(lm):
         lm.activations(ids, "resid_post.18")
     with pytest.raises(ValueError, match=r"0\.\.17"):
         lm.activations(ids, "resid_post.-1")
-    with pytest.raises(ValueError, match="unknown hook 'mlp_out.3'"):
-        lm.activations(ids, "mlp_out.3")
+    with pytest.raises(ValueError, match="unknown hook 'mlp_hidden.3'.*mlp_in, mlp_out"):
+        lm.activations(ids, "mlp_hidden.3")
     with pytest.raises(ValueError, match="out of range"):
         lm.logits(ids, edits={"resid_post.40": (_identity, ())})
     with pytest.raises(ValueError, match="mask must be bool"):
