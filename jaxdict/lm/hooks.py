@@ -45,7 +45,7 @@ def parse_hook_point(hook: str, n_layers: int) -> HookPoint:
         raise ValueError(f"unknown hook {hook!r}; {valid}")
     layer = int(m.group(2))
     if not 0 <= layer < n_layers:
-        raise ValueError(f"hook {hook!r}: layer {layer} out of range; {valid}")
+        raise ValueError(f"hook {hook!r}: layer {layer} out of range; valid layers are 0..{n_layers - 1}")
     return HookPoint(m.group(1), layer)
 
 
