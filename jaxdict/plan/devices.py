@@ -43,7 +43,8 @@ def _topology_devices(name: str, dims: tuple[int, ...], num_slices: int, bounds:
                                             chips_per_host_bounds=bounds, num_slices=num_slices)
     except Exception as err:  # libtpu missing, or a topology it refuses
         text = str(err)
-        if "libtpu" in text.lower() or "tpu" not in text.lower() or "not found" in text.lower():
+        low = text.lower()
+        if "libtpu" in low or "not installed" in low or "not found" in low or "tpu" not in low:
             raise ConfigError(f"cannot compile for {topology_name}: {text.splitlines()[0] if text else err!r}. "
                               "The TPU compiler comes with libtpu: pip install 'jaxdict[tpu]' (jax[tpu] of the "
                               "installed jax version)") from err
