@@ -36,10 +36,12 @@ def test_step_suite_reports_every_architecture(mesh_shape, devices):
     lines = []
     result = run_step_suite(d_in=16, n_features=64, batch_size=32, k=4, archs=DEFAULT_ARCHS, iters=1,
                             mesh_shape=mesh_shape, log=lines.append)
+    # TopK-family steps twice: fresh, and with 5 % of the latents dead (AuxK on every timed step).
+    assert [(r["arch"], r["decode"], r["dead_frac"]) for r in result["steps"]] == [
+        ("relu_l1", "dense", 0.0), ("topk", "sparse", 0.0), ("topk", "sparse", 0.05), ("topk", "dense", 0.0),
+        ("topk", "dense", 0.05), ("batchtopk", "sparse", 0.0), ("batchtopk", "sparse", 0.05),
+        ("batchtopk", "dense", 0.0), ("batchtopk", "dense", 0.05), ("jumprelu", "dense", 0.0)]
     rows = result["steps"]
-    assert [(r["arch"], r["decode"]) for r in rows] == [
-        ("relu_l1", "dense"), ("topk", "sparse"), ("topk", "dense"), ("batchtopk", "sparse"),
-        ("batchtopk", "dense"), ("jumprelu", "dense")]
     dense, sparse = 10 * 32 * 16 * 64, 2 * 32 * 16 * 64 + 8 * 32 * 4 * 16  # kernel FLOPs (DESIGN.md §7)
     for row in rows:
         assert row["kernel_flops"] == (sparse if row["decode"] == "sparse" else dense), row
@@ -47,7 +49,7 @@ def test_step_suite_reports_every_architecture(mesh_shape, devices):
         assert row["mesh"] == f"{mesh_shape[0]}x{mesh_shape[1]}"
         assert row["mfu"] is None  # no data-sheet peak for a CPU: the matmul ceiling is measured instead
     assert result["peak"]["matmul_flops_per_s"] > 0
-    assert len(lines) == 1 + len(rows)
+    assert len(lines) == 1 + len(result["steps"])
 
 
 def test_step_rates_come_from_the_measured_times(monkeypatch, devices):
@@ -80,8 +82,9 @@ def test_bench_command_writes_json(tmp_path):
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert [(r["arch"], r["decode"]) for r in result["steps"]] == [
-        ("relu_l1", "dense"), ("batchtopk", "sparse"), ("batchtopk", "dense")]
+    assert [(r["arch"], r["decode"], r["dead_frac"]) for r in result["steps"]] == [
+        ("relu_l1", "dense", 0.0), ("batchtopk", "sparse", 0.0), ("batchtopk", "sparse", 0.05),
+        ("batchtopk", "dense", 0.0), ("batchtopk", "dense", 0.05)]
     bad = subprocess.run([sys.executable, "-m", "jaxdict.cli", "bench", "step", "--archs", "relu,topk"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "unknown ['relu']" in bad.stderr
@@ -123,7 +126,7 @@ def test_bench_from_a_trained_run_on_store_rows(tmp_path, devices):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "jaxdict.cli", "bench", "step", "--from-run", str(tmp_path / "run"), "--store",
-         str(tmp_path / "store"), "--store-offset", "100", "--batch-size", "64", "--archs", "batchtopk,relu_l1",
+         str(tmp_path / "store"), "--store-offset", "100", "--batch-size", "64", "--archs", "batchtopk,relu_l1", "--dead-frac", "0",
          "--iters", "1", "--json", str(out)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -25,6 +25,7 @@ from jaxdict.train.mesh import make_mesh
 from jaxdict.train.optim import OptimConfig
 from jaxdict.train.state import create_state
 from jaxdict.train.step import TrainStep
+from jaxdict.bench.steady_state import dead_ids, with_dead_latents
 
 
 # Dense peak FLOP/s per chip by compute dtype, from the vendors' data sheets: NVIDIA H100 SXM5
@@ -90,11 +91,12 @@ def measure_matmul_peak(batch_size: int, d_in: int, n_features: int, dtype: str 
 
 def measure_step(cfg: SAEConfig, batch_size: int, mesh_shape: tuple[int, int] = (1, 1),
                  warmup: int = 2, iters: int = 5, seed: int = 0, batch: np.ndarray | None = None,
-                 params: SAEParams | None = None, input_scale: float = 1.0) -> dict[str, Any]:
+                 params: SAEParams | None = None, input_scale: float = 1.0, dead_frac: float = 0.0) -> dict[str, Any]:
     """Median and best wall time of the compiled step (after warm-up), on `batch` (default: random
     normal data) from `params` (default: a fresh initialisation) trained on x · input_scale. Which
     latents fire decides the cost of the sparse paths, so real activations and a trained SAE can
-    give other numbers."""
+    give other numbers. `dead_frac` of the latents start (and stay) dead, so AuxK runs on every
+    timed step as in a run's steady state (bench/steady_state.py)."""
     optim = OptimConfig(lr=1e-4, total_steps=10_000)
     n_devices = mesh_shape[0] * mesh_shape[1]
     mesh = make_mesh(*mesh_shape, devices=jax.devices()[:n_devices])
@@ -102,6 +104,7 @@ def measure_step(cfg: SAEConfig, batch_size: int, mesh_shape: tuple[int, int] = 
     if params is not None:
         # From host copies: the step donates its state, which must not delete the caller's arrays.
         state = state.replace(params=jax.device_put(jax.tree.map(np.asarray, params), shardings.params))
+    state = with_dead_latents(state, cfg, dead_ids(cfg.n_features, dead_frac))
     step = TrainStep(cfg, optim, mesh, shardings, batch_size)
     if batch is None:
         batch = np.random.default_rng(seed).standard_normal((batch_size, cfg.d_in), dtype=np.float32)
@@ -127,6 +130,7 @@ def measure_step(cfg: SAEConfig, batch_size: int, mesh_shape: tuple[int, int] = 
         "k": cfg.k if cfg.arch in ("topk", "batchtopk") else None,
         "batch_size": batch_size,
         "mesh": f"{mesh_shape[0]}x{mesh_shape[1]}",
+        "dead_frac": dead_frac,
         "first_call_s": compile_s,
         "step_s_median": median,
         "step_s_best": best,
@@ -159,10 +163,12 @@ DEFAULT_ARCHS = (
 def run_step_suite(d_in: int = 640, n_features: int = 16384, batch_size: int = 4096, k: int = 64,
                    compute_dtype: str = "float32", archs=DEFAULT_ARCHS, iters: int = 5,
                    mesh_shape: tuple[int, int] = (1, 1), log=print, batch: np.ndarray | None = None,
-                   trained: tuple[str, SAEParams, float] | None = None) -> dict[str, Any]:
+                   trained: tuple[str, SAEParams, float] | None = None, dead_frac: float = 0.05) -> dict[str, Any]:
     """Every step of `archs` at one shape, beside the matmul ceiling. `trained` = (arch, params,
     input_scale) starts the rows of that architecture from those parameters, trained on
-    x · input_scale (the others from a fresh init)."""
+    x · input_scale (the others from a fresh init). Each TopK-family step is timed twice: fresh (nothing
+    dead, AuxK skipped) and with `dead_frac` of its latents dead (AuxK on every step), what a run
+    does once latents die; dead_frac=0 skips the second."""
     peak = measure_matmul_peak(batch_size, d_in, n_features, "float32", iters=iters)
     log(f"matmul ceiling [{batch_size}x{d_in}]@[{d_in}x{n_features}] fp32: "
         f"{peak['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
@@ -171,15 +177,21 @@ def run_step_suite(d_in: int = 640, n_features: int = 16384, batch_size: int = 4
         cfg = SAEConfig(arch=arch, d_in=d_in, n_features=n_features, k=k, compute_dtype=compute_dtype,
                         **overrides)
         params, scale = (trained[1], trained[2]) if trained is not None and trained[0] == arch else (None, 1.0)
-        row = measure_step(cfg, batch_size, mesh_shape=mesh_shape, iters=iters, batch=batch, params=params,
-                           input_scale=scale)
-        row["from_trained"] = params is not None
-        row["fraction_of_matmul_peak"] = row["kernel_flops_per_s"] / peak["matmul_flops_per_s"]
-        # Tokens/s a step would reach if it ran its FLOPs at the measured matmul ceiling.
-        row["tokens_per_s_at_ceiling"] = batch_size * peak["matmul_flops_per_s"] / row["kernel_flops"]
-        rows.append(row)
-        mfu = "" if row["mfu"] is None else f", MFU {100 * row['mfu']:.1f}%"
-        log(f"{arch:10s} {row['decode']:6s} {compute_dtype:8s} {row['tokens_per_s']:9.0f} tok/s  "
-            f"{row['kernel_flops_per_s'] / 1e9:6.1f} GFLOP/s  ({100 * row['fraction_of_matmul_peak']:.0f}% of matmul peak{mfu})")
+        for frac in [0.0, dead_frac] if arch in ("topk", "batchtopk") and dead_frac > 0 else [0.0]:
+            rows.append(_suite_row(cfg, batch_size, mesh_shape, iters, batch, params, scale, frac, peak, log))
     return {"peak": peak, "steps": rows, "devices": [str(d) for d in jax.devices()[:1]],
             "jax": jax.__version__}
+
+
+def _suite_row(cfg, batch_size, mesh_shape, iters, batch, params, scale, dead_frac, peak, log) -> dict[str, Any]:
+    row = measure_step(cfg, batch_size, mesh_shape=mesh_shape, iters=iters, batch=batch, params=params,
+                       input_scale=scale, dead_frac=dead_frac)
+    row["from_trained"] = params is not None
+    row["fraction_of_matmul_peak"] = row["kernel_flops_per_s"] / peak["matmul_flops_per_s"]
+    # Tokens/s a step would reach if it ran its FLOPs at the measured matmul ceiling.
+    row["tokens_per_s_at_ceiling"] = batch_size * peak["matmul_flops_per_s"] / row["kernel_flops"]
+    mfu = "" if row["mfu"] is None else f", MFU {100 * row['mfu']:.1f}%"
+    dead = f" {100 * dead_frac:.0f}% dead" if dead_frac else " fresh"
+    log(f"{cfg.arch:10s} {row['decode']:6s} {cfg.compute_dtype:8s}{dead:9s} {row['tokens_per_s']:9.0f} tok/s  "
+        f"{row['kernel_flops_per_s'] / 1e9:6.1f} GFLOP/s  ({100 * row['fraction_of_matmul_peak']:.0f}% of matmul peak{mfu})")
+    return row

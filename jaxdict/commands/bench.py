@@ -9,8 +9,11 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", nargs="?", default="step", choices=["step", "loader", "harvest"],
-                        help="what to measure (default: step)")
+    parser.add_argument("what", nargs="?", default="step", choices=["step", "steady", "train", "loader", "harvest"],
+                        help="what to measure (default: step). steady: the TopK step with dead latents (AuxK "
+                             "on) against the same step without AuxK, on one device, a 2x4 mesh and a sweep "
+                             "axis of 4, alternating; train: whole runs, jaxdict train beside SAELens's "
+                             "SAETrainer.fit on --store (needs --saelens)")
     parser.add_argument("--d-in", type=int, default=640, help="input width (Gemma 3 270M: 640)")
     parser.add_argument("--features", type=int, default=16384, help="dictionary size F")
     parser.add_argument("--batch-size", type=int, default=4096, help="tokens per step B")
@@ -33,6 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start the rows of this training run's architecture from its latest checkpoint "
                              "(sets --d-in/--features/--k from the run); which latents fire decides the cost "
                              "of the sparse paths")
+    parser.add_argument("--dead-frac", type=float, default=0.05,
+                        help="step/steady: share of latents kept dead for the steady-state rows (0 skips them)")
+    parser.add_argument("--rounds", type=int, default=7, help="steady: alternating timed rounds")
+    parser.add_argument("--steps", type=int, default=1000, help="train: optimiser steps of each run")
+    parser.add_argument("--lr", type=float, default=5e-4, help="train: Adam learning rate (both runs)")
+    parser.add_argument("--dead-steps", type=int, default=100, help="train: dead window in steps (both runs)")
+    parser.add_argument("--eval-rows", type=int, default=32768, help="train: held-out rows scored")
+    parser.add_argument("--out", default="runs/bench/train_vs_saelens", help="train: folder of the runs")
     parser.add_argument("--json", type=Path, default=None, help="write all numbers to this JSON file")
 
 
@@ -68,6 +79,17 @@ def run(args: argparse.Namespace) -> int:
                                        batch_size=32, tokens=50_000, corpus="default", matmul_n=2048)
         print(json.dumps(result, indent=2, default=str))
         return 0
+
+    if args.what == "steady":
+        from jaxdict.bench.steady_state import run_steady_suite
+
+        result = run_steady_suite(d_in=args.d_in, n_features=args.features, batch_size=args.batch_size, k=args.k,
+                                  dead_frac=args.dead_frac, rounds=args.rounds,
+                                  meshes=[_parse_mesh(m) for m in args.mesh.split(",")])
+        _write_json(args.json, result)
+        return 0
+    if args.what == "train":
+        return _bench_train(args)
 
     from jaxdict.bench.step import run_step_suite
 
@@ -107,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"shape: d_in={d_in} F={n_features} B={args.batch_size} k={k} dtype={args.dtype} mesh={args.mesh}")
     result = run_step_suite(d_in=d_in, n_features=n_features, batch_size=args.batch_size, k=k,
                             compute_dtype=args.dtype, archs=archs, iters=args.iters,
-                            mesh_shape=_parse_mesh(args.mesh), batch=batch, trained=trained)
+                            mesh_shape=_parse_mesh(args.mesh), batch=batch, trained=trained,
+                            dead_frac=args.dead_frac)
     if args.saelens:
         from jaxdict.bench.saelens import measure_saelens_step, saelens_available
 
@@ -122,7 +145,34 @@ def run(args: argparse.Namespace) -> int:
             ratio = f"  jaxdict/SAELens = {mine['tokens_per_s'] / theirs['tokens_per_s']:.2f}x" if mine else ""
             print(f"SAELens {arch:8s} {theirs['tokens_per_s']:9.0f} tok/s ({theirs['library']}, torch "
                   f"{theirs['torch']}, {theirs['threads']} threads){ratio}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str))
+    _write_json(args.json, result)
+    return 0
+
+
+def _write_json(path: Path | None, result) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, default=str))
+
+
+def _bench_train(args: argparse.Namespace) -> int:
+    if not args.saelens or not args.store:
+        raise SystemExit("bench train compares with SAELens: pass --saelens and --store PATH")
+    from jaxdict.bench.saelens import saelens_available
+
+    if not saelens_available():
+        raise SystemExit("--saelens needs sae-lens and torch: pip install 'jaxdict[saelens]'")
+    from jaxdict.bench.train_vs_saelens import WholeRun, run_whole
+
+    spec = WholeRun(store=args.store, n_features=args.features, k=args.k, batch_size=args.batch_size,
+                    steps=args.steps, lr=args.lr, dead_steps=args.dead_steps, eval_rows=args.eval_rows,
+                    out_dir=args.out)
+    result = run_whole(spec)
+    j, t = result["jaxdict"], result["saelens"]
+    print(f"{'':8s} {'wall s':>8s} {'tok/s':>8s} {'fvu':>7s} {'l0':>6s} {'dead':>6s}")
+    for name, r in (("jaxdict", j), ("SAELens", t)):
+        print(f"{name:8s} {r['wall_s']:8.0f} {r['tokens_per_s']:8.0f} {r['fvu']:7.4f} {r['l0']:6.1f} "
+              f"{100 * r['dead_frac']:5.1f}%")
+    print(f"jaxdict / SAELens end to end: {result['speedup']:.2f}x")
+    _write_json(args.json, result)
     return 0

@@ -53,6 +53,11 @@ class SAEConfig:
     # AuxK (Gao et al. 2024 App. A.2): k_aux ≈ d_in/2, coefficient 1/32; None means d_in // 2.
     aux_k: int | None = None
     aux_coeff: float = 1.0 / 32.0
+    # AuxK picks among at most this many dead latents per step (sae/auxk.py); None means F // 8.
+    # More dead than this: a window of this many, moving every step.
+    aux_capacity: int | None = None
+    # ReLU the dead latents picked by AuxK (OpenAI's and sparsify's code do; SAELens does not).
+    aux_relu: bool = True
     # A latent is dead when it has not fired for this many tokens (Gao et al.: 10M tokens).
     dead_tokens: int = 10_000_000
     # BatchTopK inference threshold: EMA decay of the smallest kept activation per batch.
@@ -80,6 +85,10 @@ class SAEConfig:
             )
         if self.aux_k is not None and not (1 <= self.aux_k <= self.n_features):
             raise ConfigError(f"SAEConfig.aux_k = {self.aux_k}; need 1 <= aux_k <= n_features or None")
+        if self.aux_capacity is not None and not (1 <= self.aux_capacity <= self.n_features):
+            raise ConfigError(
+                f"SAEConfig.aux_capacity = {self.aux_capacity}; need 1 <= aux_capacity <= n_features or None"
+            )
         if self.decode not in ("auto", "dense", "sparse"):
             raise ConfigError(f"SAEConfig.decode = {self.decode!r}; valid: auto, dense, sparse")
         if self.compute_dtype not in ("float32", "bfloat16"):
@@ -102,6 +111,10 @@ class SAEConfig:
     @property
     def effective_aux_k(self) -> int:
         return min(self.aux_k if self.aux_k is not None else max(1, self.d_in // 2), self.n_features)
+
+    @property
+    def effective_aux_capacity(self) -> int:
+        return self.aux_capacity if self.aux_capacity is not None else max(1, self.n_features // 8)
 
     @property
     def uses_sparse_decode(self) -> bool:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Int
 
-from jaxdict.sae import sharded_ops
+from jaxdict.sae import auxk
 from jaxdict.sae.config import SAEConfig
-from jaxdict.sae.forward import ForwardOutput, dense_decode, encoder_input, forward
+from jaxdict.sae.forward import ForwardOutput, forward
 from jaxdict.sae.jumprelu import heaviside_step
 from jaxdict.sae.params import SAEParams, decoder_row_norms
 from jaxdict.sae.relu_l1 import relu_l1_encode_decode
@@ -22,41 +22,16 @@ def per_token_sq_error(x: Float[Array, "B d"], x_hat: Float[Array, "B d"]) -> Fl
     return jnp.sum(jnp.square(x.astype(jnp.float32) - x_hat), axis=-1)
 
 
-def aux_k_loss(
-    params: SAEParams,
-    x: Float[Array, "B d"],
-    out: ForwardOutput,
-    dead: Bool[Array, " F"],
-    cfg: SAEConfig,
-    mesh: Mesh | None,
-) -> Float[Array, ""]:
-    """AuxK (Gao et al. 2024 App. A.2): reconstruct the residual e = x − x̂ (detached) from the
-    k_aux largest *dead* latents; normalised MSE, so it is 1 for the trivial prediction ê = mean(e).
+def _data_variance(x: Float[Array, "B d"]) -> Float[Array, ""]:
+    """E‖x − x̄‖² over the batch, detached: AuxK's weight against our raw-MSE main term.
 
-    Skipped with lax.cond while nothing is dead: early in training this costs nothing.
-    """
-
-    def with_dead(_):
-        residual = jax.lax.stop_gradient(x.astype(jnp.float32) - out.x_hat)
-        z_dead = jnp.where(dead[None, :], out.pre_acts, -jnp.inf)
-        values, indices = sharded_ops.global_topk(jax.lax.stop_gradient(z_dead), cfg.effective_aux_k, mesh)
-        if out.latents is None:
-            # Sparse path: gradients reach only the k_aux selected latents, as in the main loss.
-            selected = sharded_ops.sharded_gather_preacts(
-                encoder_input(params, x, cfg), params.W_enc, params.b_enc, indices, out.pre_acts, mesh
-            )
-            usable = jnp.isfinite(values) & (selected > 0)
-            aux_values = jnp.where(usable, selected, jnp.zeros_like(selected))
-            residual_hat = sharded_ops.sharded_sparse_decode(aux_values, indices, params.W_dec, mesh)
-        else:
-            kth = values[:, -1:]
-            f_aux = jnp.where(dead[None, :] & (z_dead >= kth) & (out.pre_acts > 0), out.pre_acts, 0.0)
-            residual_hat = dense_decode(params, f_aux, cfg) - params.b_dec
-        err = jnp.sum(jnp.square(residual - residual_hat))
-        baseline = jnp.sum(jnp.square(residual - jnp.mean(residual, axis=0, keepdims=True)))
-        return err / jnp.maximum(baseline, 1e-12)
-
-    return jax.lax.cond(jnp.any(dead), with_dead, lambda _: jnp.zeros((), jnp.float32), None)
+    OpenAI's TopK loss (Gao et al. 2024; sparse_autoencoder/train.py) is mse/Var(x) +
+    (1/32)·‖e − ê‖²/Var(e): both terms normalised. Our main term is the raw MSE (= Var(x) × theirs),
+    so the AuxK term is multiplied by Var(x) to keep OpenAI's ratio. Without it AuxK was Var(x)×
+    (≈ 45 on Gemma 3 270M resid_post.9 at E‖x‖² = d_in) weaker than OpenAI's; under Adam a dead
+    latent's steps then stayed small while its second moments still held main-loss gradients."""
+    x = jax.lax.stop_gradient(x.astype(jnp.float32))
+    return jnp.mean(jnp.sum(jnp.square(x - jnp.mean(x, axis=0, keepdims=True)), axis=-1))
 
 
 def _relu_l1_loss(params, x, cfg, mesh, sparsity_coeff):
@@ -79,9 +54,13 @@ def sae_loss(
     *,
     sparsity_coeff: Float[Array, ""],
     dead: Bool[Array, " F"],
+    step: Int[Array, ""] | None = None,
+    n_dead_max: Int[Array, ""] | None = None,
 ) -> tuple[Float[Array, ""], tuple[ForwardOutput, dict[str, Array]]]:
     """Total loss and its parts. `sparsity_coeff` is λ (ReLU-L1, after warm-up) or the L0/tanh
-    coefficient (JumpReLU); TopK-family ignore it. `dead` marks latents eligible for AuxK.
+    coefficient (JumpReLU); TopK-family ignore it. `dead` marks latents eligible for AuxK; `step`
+    moves AuxK's window when more are dead than its buffer holds; `n_dead_max` (default: the
+    number dead) sizes that buffer — under a sweep axis, the most dead of any member.
 
     For ReLU-L1 the returned ForwardOutput carries x_hat and fire_counts only (pre_acts, latents
     and l0 are None): its [B, F] arrays are never materialised apart from f inside the fused
@@ -102,8 +81,14 @@ def sae_loss(
             penalty = jnp.mean(jnp.sum(jnp.tanh(cfg.tanh_scale * scaled), axis=-1))
         parts["sparsity_loss"] = penalty
         loss = loss + sparsity_coeff * penalty
+    elif cfg.aux_coeff == 0:
+        zero = jnp.zeros((), jnp.float32)
+        parts.update(aux_loss=zero, aux_dead_latents=jnp.sum(dead, dtype=jnp.float32), aux_grad_latents=zero)
     else:
-        aux = aux_k_loss(params, x, out, dead, cfg, mesh)
-        parts["aux_loss"] = aux
-        loss = loss + cfg.aux_coeff * aux
+        residual = jax.lax.stop_gradient(x.astype(jnp.float32) - out.x_hat)
+        n_dead = jnp.sum(dead, dtype=jnp.int32) if n_dead_max is None else n_dead_max
+        aux, counts = auxk.aux_k_loss(params, x, residual, dead, jnp.int32(0) if step is None else step,
+                                      n_dead, cfg, mesh, pre_acts=out.pre_acts)
+        parts.update(counts, aux_loss=aux)
+        loss = loss + cfg.aux_coeff * aux * _data_variance(x)
     return loss, (out, parts)

@@ -40,9 +40,12 @@ def train_step(
     optim_cfg: OptimConfig,
     mesh: Mesh | None,
     shard: str = "model",
+    n_dead_max: jax.Array | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step on a batch [B, d_in] of raw activations. `shard`: how the state is stored
-    (jaxdict.train.mesh.SHARD_MODES); the loss always sees the parameters in the "model" layout."""
+    (jaxdict.train.mesh.SHARD_MODES); the loss always sees the parameters in the "model" layout.
+    `n_dead_max` sizes AuxK's buffer (default: this state's dead count; a sweep passes the largest
+    of its members')."""
     tx = make_transform(optim_cfg)
     fsdp = shard == "fsdp" and mesh is not None
     params = state.params
@@ -57,7 +60,8 @@ def train_step(
     dead = state.tokens_since_fired >= sae_cfg.dead_tokens
 
     (loss, (out, parts)), grads = jax.value_and_grad(sae_loss, has_aux=True)(
-        params, x, sae_cfg, mesh, sparsity_coeff=sparsity, dead=dead
+        params, x, sae_cfg, mesh, sparsity_coeff=sparsity, dead=dead, step=state.step,
+        n_dead_max=n_dead_max,
     )
     if fsdp:
         # Back to the stored layout: the data-parallel gradient sum becomes a reduce-scatter.
@@ -128,11 +132,26 @@ def train_step(
     return new_state, step_metrics
 
 
+def _sweep_step(fn: Callable, sae_cfg: SAEConfig) -> Callable:
+    """`fn` over a stack of states under vmap. AuxK's buffer size is chosen by a lax.switch on the
+    dead count; under vmap a switch on a per-member value becomes a select that runs every branch.
+    The largest count over the members is computed outside vmap and passed in unbatched, so the
+    switch stays a switch: with nothing dead in any member the sweep skips AuxK."""
+    stepped = jax.vmap(lambda state, batch, n: fn(state, batch, n_dead_max=n), in_axes=(0, None, None))
+
+    def sweep(states: TrainState, batch: jax.Array):
+        n_dead = jnp.sum(states.tokens_since_fired >= sae_cfg.dead_tokens, axis=-1, dtype=jnp.int32)
+        return stepped(states, batch, jnp.max(n_dead))
+
+    return sweep
+
+
 class TrainStep:
     """The jitted step for a fixed (configs, mesh, batch size), checking inputs before it compiles.
 
     `sweep_size=N` trains N stacked states (leading axis) on the same batch under vmap; `shard` is
     the layout `state_shardings` store the state in (jaxdict.train.mesh.SHARD_MODES).
+    `metrics=False` returns no metrics (the benchmark of what computing them costs).
     """
 
     def __init__(
@@ -144,13 +163,18 @@ class TrainStep:
         batch_size: int,
         sweep_size: int | None = None,
         shard: str = "model",
+        metrics: bool = True,
     ):
         check_divisible(mesh, batch_size=batch_size, n_features=sae_cfg.n_features, shard=shard)
         self.sae_cfg, self.optim_cfg, self.mesh = sae_cfg, optim_cfg, mesh
         self.batch_size, self.sweep_size, self.shard = batch_size, sweep_size, shard
         fn: Callable = functools.partial(train_step, sae_cfg=sae_cfg, optim_cfg=optim_cfg, mesh=mesh, shard=shard)
         if sweep_size is not None:
-            fn = jax.vmap(fn, in_axes=(0, None))
+            fn = _sweep_step(fn, sae_cfg)
+        if not metrics:
+            # For measuring what the metrics cost: XLA drops the work only they use.
+            with_metrics = fn
+            fn = lambda state, batch: (with_metrics(state, batch)[0], {})  # noqa: E731
         self.batch_sharding = batch_sharding(mesh)
         # XLA:CPU runs the collectives of several in-flight steps on one shared thread pool; with
         # many (fake) CPU devices on few cores, an un-synchronised next step can take the threads

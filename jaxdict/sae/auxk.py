@@ -1,0 +1,203 @@
+"""AuxK among the dead latents only (Gao et al. 2024 App. A.2), at a cost that grows with their number.
+
+The dead latents' ids go into a small buffer of C slots (C ≥ their number, from a few fixed sizes;
+`dead_buffer_sizes`); their pre-activations z[:, buffer] and decoder rows are gathered, the top k_aux
+per token are picked among them and decoded with a [B, C] @ [C, d] matmul. Five B·C·d matmuls
+(encoder and decoder forward, three backward) instead of a top-k over all F columns of every row:
+at 5 % dead that is ~5·C/F of the encoder's B·d·F matmul.
+
+Semantics, exactly: with n_dead ≤ C every dead latent is a candidate and the result equals the
+top-k_aux over all dead latents of each row (ties to the lower feature id, as `lax.top_k`). With
+more dead latents than the largest buffer holds, the candidates are a window of C of them in feature
+order that moves by C every step (by rank among the dead), so each dead latent is a candidate once
+every ⌈n_dead / C⌉ steps.
+
+Sharded (features over `model`): the buffer's slots are split over `model` too; each shard gathers
+the weights of the ids it owns and a psum-scatter hands every shard its C/m slots (d·C floats move,
+not the d·F weights).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec as P
+from jaxtyping import Array, Bool, Float, Int
+
+from jaxdict.sae import sharded_ops
+from jaxdict.sae.config import SAEConfig
+from jaxdict.sae.sharded_ops import DATA, MODEL
+
+# Buffer sizes: the capacity and its halvings, this many of them. A step uses the smallest that
+# holds its dead latents, so the buffer is at most 2× the dead set (above the smallest size).
+_N_SIZES = 4
+
+
+def model_size(mesh: Mesh | None) -> int:
+    return 1 if mesh is None else mesh.shape[MODEL]
+
+
+def dead_buffer_sizes(cfg: SAEConfig, mesh: Mesh | None = None) -> tuple[int, ...]:
+    """Increasing buffer sizes, each a multiple of the model axis: capacity/8, capacity/4, capacity/2,
+    capacity (cfg.effective_aux_capacity). Sizes up to k_aux need no top-k: all their dead latents
+    are picked."""
+    m = model_size(mesh)
+    capacity = math.ceil(cfg.effective_aux_capacity / m) * m
+    sizes = {max(m, math.ceil((capacity >> i) / m) * m) for i in range(_N_SIZES)}
+    return tuple(sorted(sizes))
+
+
+def bucket_index(n_dead: Int[Array, ""], sizes: tuple[int, ...]) -> Int[Array, ""]:
+    """0 when nothing is dead, else 1 + the index of the smallest size holding n_dead (or the last)."""
+    fits = jnp.sum(n_dead > jnp.asarray(sizes[:-1], jnp.int32), dtype=jnp.int32)
+    return jnp.where(n_dead > 0, 1 + fits, 0)
+
+
+def select_dead(dead: Bool[Array, " F"], capacity: int, step: Int[Array, ""]) -> tuple[Array, Array]:
+    """Up to `capacity` dead latent ids in increasing order, and which slots hold one.
+
+    When more are dead, the window of ranks [start, start + capacity) among the dead is taken, with
+    start = (step mod ⌈n_dead/capacity⌉)·capacity: a full cycle covers every dead latent once."""
+    n_dead = jnp.sum(dead, dtype=jnp.int32)
+    rank = jnp.cumsum(dead, dtype=jnp.int32) - 1
+    period = jnp.maximum((n_dead + capacity - 1) // capacity, 1)
+    start = (jnp.asarray(step, jnp.int32) % period) * capacity
+    chosen = dead & (rank >= start) & (rank < start + capacity)
+    ids = jnp.nonzero(chosen, size=capacity, fill_value=0)[0].astype(jnp.int32)
+    valid = jnp.arange(capacity) < jnp.sum(chosen, dtype=jnp.int32)
+    return ids, valid
+
+
+def gather_slots(table: Array, ids: Int[Array, " C"], axis: int, mesh: Mesh | None, batch_rows: bool = False) -> Array:
+    """table taken at `ids` along its feature axis (`axis`), the result's slot axis split over
+    `model` like the features. Sharded: each shard takes the ids it owns (zeros elsewhere) and a
+    psum-scatter gives every shard its slots; the transpose (autodiff) is an all-gather and a
+    local scatter-add, so no d·F array ever moves. `batch_rows`: axis 0 is the batch, split over
+    `data`."""
+    if model_size(mesh) == 1:
+        return jnp.take(table, ids, axis=axis)
+
+    def local(block, ids_):
+        n_local = block.shape[axis]
+        rows = ids_ - lax.axis_index(MODEL) * n_local
+        here = (rows >= 0) & (rows < n_local)
+        taken = jnp.take(block, jnp.clip(rows, 0, n_local - 1), axis=axis)
+        shape = [1] * taken.ndim
+        shape[axis] = -1
+        taken = jnp.where(here.reshape(shape), taken, jnp.zeros_like(taken))
+        return lax.psum_scatter(taken, MODEL, scatter_dimension=axis, tiled=True)
+
+    feature_spec = [None] * table.ndim
+    feature_spec[axis] = MODEL
+    if batch_rows:
+        feature_spec[0] = DATA
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(*feature_spec), P()), out_specs=P(*feature_spec))(table, ids)
+
+
+def selection_mask(z_slots: Float[Array, "B C"], valid: Bool[Array, " C"], k_aux: int,
+                   mesh: Mesh | None) -> Bool[Array, "B C"]:
+    """Which slots are among each row's k_aux largest valid pre-activations (ties: lower slot, i.e.
+    lower feature id). With k_aux ≥ C every valid slot is."""
+    n_slots = z_slots.shape[1]
+    if k_aux >= n_slots:
+        return jnp.broadcast_to(valid[None, :], z_slots.shape)
+    masked = jnp.where(valid[None, :], lax.stop_gradient(z_slots), -jnp.inf)
+    _, positions = sharded_ops.global_topk(masked, k_aux, mesh)
+
+    def mark(pos, valid_block):
+        n_local = valid_block.shape[0]
+        offset = 0 if mesh is None or model_size(mesh) == 1 else lax.axis_index(MODEL) * n_local
+        rows = jnp.arange(pos.shape[0])[:, None]
+        local = pos - offset
+        # Positions on other shards become n_local, out of range, which mode="drop" ignores
+        # (a negative index would wrap around instead).
+        local = jnp.where((local >= 0) & (local < n_local), local, n_local)
+        mask = jnp.zeros((pos.shape[0], n_local), bool).at[rows, local].set(True, mode="drop")
+        # Rows with fewer than k_aux valid slots pick padded (-inf) ones too: drop them.
+        return mask & valid_block[None, :]
+
+    if model_size(mesh) == 1:
+        return mark(positions, valid)
+    return jax.shard_map(mark, mesh=mesh, in_specs=(P(DATA, None), P(MODEL)), out_specs=P(DATA, MODEL))(
+        positions, valid
+    )
+
+
+@jax.custom_vjp
+def slot_preacts(x: Float[Array, "B d"], W_enc: Float[Array, "d C"], bias: Float[Array, " C"],
+                 z_slots: Float[Array, "B C"]) -> Float[Array, "B C"]:
+    """x W_enc + bias, read from the slots of the pre-activations the forward pass already computed
+    (`z_slots`, equal to it): one B·C·d matmul fewer. Backward: dW = xᵀ g, d bias = Σ_b g (x is
+    data and gets none)."""
+    return z_slots
+
+
+def _slot_preacts_fwd(x, W_enc, bias, z_slots):
+    return z_slots, (x, W_enc)
+
+
+def _slot_preacts_bwd(residuals, g):
+    x, W_enc = residuals
+    d_W = jnp.dot(x.T.astype(W_enc.dtype), g.astype(W_enc.dtype), preferred_element_type=jnp.float32)
+    return None, d_W.astype(W_enc.dtype), jnp.sum(g, axis=0), None
+
+
+slot_preacts.defvjp(_slot_preacts_fwd, _slot_preacts_bwd)
+
+
+def aux_k_loss(
+    params, x: Float[Array, "B d"], residual: Float[Array, "B d"], dead: Bool[Array, " F"],
+    step: Int[Array, ""], n_dead_max: Int[Array, ""], cfg: SAEConfig, mesh: Mesh | None,
+    pre_acts: Float[Array, "B F"] | None = None,
+) -> tuple[Float[Array, ""], dict[str, Array]]:
+    """AuxK: reconstruct the (detached) residual e = x − x̂ from each token's k_aux largest dead
+    latents. Returns ‖e − ê‖² / ‖e − ē‖² summed over the batch (1 for the trivial prediction ê = ē,
+    OpenAI's normalized_mse) and counts: `aux_dead_latents` (dead at this step) and
+    `aux_grad_latents` (dead latents picked for some token with a nonzero derivative, i.e. that
+    receive an AuxK gradient).
+
+    `n_dead_max` picks the buffer size (the largest dead count over a sweep axis, so that under
+    vmap the lax.switch stays a switch: with nothing dead anywhere the step skips AuxK).
+    `pre_acts`: the forward pass's z [B, F] (x W_enc + b_enc − b_dec W_enc), whose slots are read
+    instead of recomputed; None recomputes them."""
+    from jaxdict.sae.forward import constrain_sharding, uses_pre_encoder_bias
+
+    sizes = dead_buffer_sizes(cfg, mesh)
+    k_aux = cfg.effective_aux_k
+    cdt = jnp.dtype(cfg.compute_dtype)
+    n_dead = jnp.sum(dead, dtype=jnp.int32)
+
+    def with_buffer(capacity):
+        def run(_):
+            ids, valid = select_dead(dead, capacity, step)
+            W_enc = gather_slots(params.W_enc, ids, 1, mesh)
+            W_dec = gather_slots(params.W_dec, ids, 0, mesh)
+            bias = gather_slots(params.b_enc, ids, 0, mesh)
+            if uses_pre_encoder_bias(cfg):
+                bias = bias - params.b_dec @ W_enc  # (x − b_dec) W + b, folded as in forward.py
+            if pre_acts is None:
+                z = jnp.dot(x.astype(cdt), W_enc.astype(cdt), preferred_element_type=jnp.float32) + bias
+            else:
+                z_slots = gather_slots(lax.stop_gradient(pre_acts), ids, 1, mesh, batch_rows=True)
+                z = slot_preacts(x.astype(jnp.float32), W_enc, bias, z_slots)
+            z = constrain_sharding(z, mesh, P(DATA, MODEL))
+            picked = selection_mask(z, valid, k_aux, mesh)
+            live = picked & (z > 0) if cfg.aux_relu else picked
+            f = jnp.where(live, z, jnp.zeros_like(z))
+            e_hat = jnp.dot(f.astype(cdt), W_dec.astype(cdt), preferred_element_type=jnp.float32)
+            err = jnp.sum(jnp.square(residual - e_hat))
+            baseline = jnp.sum(jnp.square(residual - jnp.mean(residual, axis=0, keepdims=True)))
+            reached = jnp.sum(jnp.any(live, axis=0) & valid, dtype=jnp.int32)
+            return err / jnp.maximum(baseline, 1e-12), reached
+
+        return run
+
+    def nothing_dead(_):
+        return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
+
+    branches = [nothing_dead] + [with_buffer(c) for c in sizes]
+    loss, reached = lax.switch(bucket_index(n_dead_max, sizes), branches, None)
+    counts = {"aux_dead_latents": n_dead.astype(jnp.float32), "aux_grad_latents": reached.astype(jnp.float32)}
+    return loss, counts

@@ -1,0 +1,215 @@
+"""AuxK among the dead latents (jaxdict/sae/auxk.py): equal to the exact top-k_aux over all dead
+latents (ties included), the empty dead set, more dead than the buffer holds, sharded == unsharded,
+and a sweep axis that keeps the skip when nothing is dead."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+
+from jaxdict.sae import auxk
+from jaxdict.sae.config import SAEConfig
+from jaxdict.sae.params import init_params
+from jaxdict.train.mesh import batch_sharding, make_mesh, spec
+from jaxdict.train.state import param_specs
+
+D_IN, N_FEATURES, BATCH, K_AUX = 16, 64, 16, 6
+
+
+def make_case(seed: int = 0, tie: bool = False, relu: bool = True, capacity: int = 32):
+    cfg = SAEConfig(arch="topk", d_in=D_IN, n_features=N_FEATURES, k=4, aux_k=K_AUX, aux_capacity=capacity,
+                    aux_relu=relu)
+    params = init_params(cfg, jax.random.PRNGKey(seed))
+    params = params.replace(b_enc=jax.random.normal(jax.random.PRNGKey(seed + 7), (N_FEATURES,)) * 0.3,
+                            b_dec=jax.random.normal(jax.random.PRNGKey(seed + 8), (D_IN,)) * 0.1)
+    if tie:
+        # Latents 10, 20, 30 and 40 get the same encoder column and bias: their pre-activations tie
+        # exactly on every token, and their decoder rows differ, so which one is picked matters.
+        params = params.replace(W_enc=params.W_enc.at[:, [20, 30, 40]].set(params.W_enc[:, [10, 10, 10]]),
+                                b_enc=params.b_enc.at[jnp.array([20, 30, 40])].set(params.b_enc[10]))
+    x = jax.random.normal(jax.random.PRNGKey(seed + 1), (BATCH, D_IN))
+    residual = jax.random.normal(jax.random.PRNGKey(seed + 2), (BATCH, D_IN))
+    return cfg, params, x, residual
+
+
+def reference_loss(params, x, residual, dead, cfg):
+    """AuxK written plainly: a top-k_aux over all F columns with the live latents at -inf."""
+    z = (x - params.b_dec) @ params.W_enc + params.b_enc
+    masked = jnp.where(dead[None, :], jax.lax.stop_gradient(z), -jnp.inf)
+    _, idx = jax.lax.top_k(masked, cfg.effective_aux_k)
+    rows = jnp.arange(z.shape[0])[:, None]
+    picked = jnp.zeros(z.shape, bool).at[rows, idx].set(True) & dead[None, :]
+    live = picked & (z > 0) if cfg.aux_relu else picked
+    e_hat = jnp.where(live, z, 0.0) @ params.W_dec
+    err = jnp.sum(jnp.square(residual - e_hat))
+    return err / jnp.sum(jnp.square(residual - jnp.mean(residual, axis=0, keepdims=True)))
+
+
+def buffered_loss(params, x, residual, dead, cfg, mesh=None, step=0, read_preacts=False):
+    """AuxK through the buffer; `read_preacts` reads the slots from the forward pass's dense z (what
+    the train step does) instead of recomputing them."""
+    pre_acts = None
+    if read_preacts:
+        pre_acts = x @ params.W_enc + (params.b_enc - params.b_dec @ params.W_enc)
+        if mesh is not None:
+            pre_acts = jax.lax.with_sharding_constraint(pre_acts, NamedSharding(mesh, spec("batch", "features")))
+    loss, _ = auxk.aux_k_loss(params, x, residual, dead, jnp.int32(step), jnp.sum(dead, dtype=jnp.int32),
+                              cfg, mesh, pre_acts=pre_acts)
+    return loss
+
+
+def assert_same_loss_and_grads(cfg, params, x, residual, dead, read_preacts=False):
+    want, want_g = jax.value_and_grad(reference_loss)(params, x, residual, dead, cfg)
+    got, got_g = jax.jit(jax.value_and_grad(buffered_loss), static_argnums=(4, 5, 6, 7))(
+        params, x, residual, dead, cfg, None, 0, read_preacts)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        np.testing.assert_allclose(getattr(got_g, name), getattr(want_g, name), rtol=1e-4, atol=1e-6,
+                                   err_msg=name)
+    return got_g
+
+
+# n_dead: below k_aux (no top-k), a top-k within the buffer, near capacity.
+@pytest.mark.parametrize("relu,read_preacts,n_dead", [(True, False, 3), (True, False, 11), (False, False, 29),
+                                                      (True, True, 29), (False, True, 11)])
+def test_equals_exact_topk_over_dead(relu, read_preacts, n_dead):
+    cfg, params, x, residual = make_case(seed=n_dead, relu=relu)
+    dead = jnp.zeros(N_FEATURES, bool).at[jax.random.permutation(jax.random.PRNGKey(5), N_FEATURES)[:n_dead]].set(True)
+    grads = assert_same_loss_and_grads(cfg, params, x, residual, dead, read_preacts)
+    # Only dead latents receive AuxK gradient in their own encoder columns and decoder rows.
+    touched = np.asarray(jnp.any(grads.W_dec != 0, axis=1))
+    assert touched.any() and not touched[~np.asarray(dead)].any()
+
+
+def test_ties_go_to_the_lower_feature_id():
+    cfg, params, x, residual = make_case(seed=3, tie=True)
+    dead = jnp.zeros(N_FEATURES, bool).at[jnp.array([1, 5, 10, 20, 30, 40, 50, 60, 61, 63])].set(True)
+    # Make the tied group the largest pre-activations so the tie sits on the k_aux boundary.
+    params = params.replace(b_enc=params.b_enc.at[jnp.array([10, 20, 30, 40])].set(50.0))
+    cfg_small = dataclasses.replace(cfg, aux_k=2)
+    grads = assert_same_loss_and_grads(cfg_small, params, x, residual, dead)
+    rows_touched = np.flatnonzero(np.asarray(jnp.any(grads.W_dec != 0, axis=1)))
+    assert list(rows_touched) == [10, 20]
+
+
+def test_empty_dead_set_costs_nothing_and_gives_zero():
+    cfg, params, x, residual = make_case()
+    dead = jnp.zeros(N_FEATURES, bool)
+    loss, grads = jax.value_and_grad(buffered_loss)(params, x, residual, dead, cfg)
+    assert float(loss) == 0.0
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads))
+    _, counts = auxk.aux_k_loss(params, x, residual, dead, jnp.int32(0), jnp.int32(0), cfg, None)
+    assert float(counts["aux_dead_latents"]) == 0 and float(counts["aux_grad_latents"]) == 0
+
+
+def test_more_dead_than_the_buffer_holds_rotates_a_window():
+    capacity = 8
+    dead = jnp.zeros(N_FEATURES, bool).at[jnp.arange(3, 60, 2)].set(True)  # 29 dead, 4 windows
+    dead_ids = np.flatnonzero(np.asarray(dead))
+    seen = []
+    for step in range(4):
+        ids, valid = auxk.select_dead(dead, capacity, jnp.int32(step))
+        window = np.asarray(ids)[np.asarray(valid)]
+        np.testing.assert_array_equal(window, dead_ids[step * capacity:(step + 1) * capacity])
+        seen.extend(window)
+    assert sorted(seen) == list(dead_ids)  # one cycle covers every dead latent exactly once
+    ids5, _ = auxk.select_dead(dead, capacity, jnp.int32(4))
+    np.testing.assert_array_equal(np.asarray(ids5), dead_ids[:capacity])
+    # The loss on a step equals the exact top-k_aux over that step's window of dead latents.
+    cfg, params, x, residual = make_case(capacity=capacity)
+    window = jnp.zeros(N_FEATURES, bool).at[jnp.asarray(dead_ids[8:16])].set(True)
+    got = buffered_loss(params, x, residual, dead, cfg, step=1)
+    np.testing.assert_allclose(got, reference_loss(params, x, residual, window, cfg), rtol=1e-5)
+
+
+def test_buffer_sizes_and_the_size_a_step_uses():
+    cfg = SAEConfig(arch="topk", d_in=D_IN, n_features=1024, k=4, aux_capacity=128)
+    sizes = auxk.dead_buffer_sizes(cfg)
+    assert sizes == (16, 32, 64, 128)
+    assert auxk.dead_buffer_sizes(cfg, make_mesh(1, 8, devices=jax.devices()[:8])) == (16, 32, 64, 128)
+    assert auxk.dead_buffer_sizes(SAEConfig(arch="topk", d_in=D_IN, n_features=1024, k=4, aux_capacity=20),
+                                  make_mesh(1, 8, devices=jax.devices()[:8])) == (8, 16, 24)
+    for n_dead, want in [(0, 0), (1, 1), (16, 1), (17, 2), (128, 4), (999, 4)]:
+        assert int(auxk.bucket_index(jnp.int32(n_dead), sizes)) == want, n_dead
+
+
+# 40 > capacity 32: the rotating window.
+@pytest.mark.parametrize("mesh_shape,n_dead", [((1, 1), 27), ((2, 4), 0), ((2, 4), 27), ((2, 4), 40),
+                                               ((1, 8), 5), ((1, 8), 40)])
+def test_sharded_equals_unsharded(mesh_shape, n_dead):
+    cfg, params, x, residual = make_case(seed=11, tie=True)
+    dead = jnp.zeros(N_FEATURES, bool).at[jax.random.permutation(jax.random.PRNGKey(9), N_FEATURES)[:n_dead]].set(True)
+    dead = dead.at[jnp.array([10, 20, 30])].set(n_dead > 0)  # keep the tied latents in play
+    want, want_g = jax.value_and_grad(buffered_loss)(params, x, residual, dead, cfg, None, 1, False)
+    n = mesh_shape[0] * mesh_shape[1]
+    mesh = make_mesh(*mesh_shape, devices=jax.devices()[:n])
+    p_sh = jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(cfg),
+                                               is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)))
+    fn = jax.jit(jax.value_and_grad(buffered_loss), static_argnums=(4, 5, 6, 7))
+    got, got_g = fn(p_sh, jax.device_put(x, batch_sharding(mesh)), jax.device_put(residual, batch_sharding(mesh)),
+                    jax.device_put(dead, NamedSharding(mesh, spec("features"))), cfg, mesh, 1, True)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        np.testing.assert_allclose(getattr(got_g, name), getattr(want_g, name), rtol=1e-4, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_sweep_axis_keeps_the_skip_and_equals_separate_runs(devices):
+    """Under the sweep's vmap the buffer size is switched on the largest dead count of the members,
+    an unbatched value: the compiled sweep step keeps a real switch (no select over AuxK when
+    nothing is dead), and a member with dead latents beside one without trains as it would alone."""
+    from jaxdict.train.optim import OptimConfig
+    from jaxdict.train.state import add_leading_axis, create_state, state_specs, to_shardings
+    from jaxdict.train.step import TrainStep
+
+    cfg = SAEConfig(arch="topk", d_in=D_IN, n_features=N_FEATURES, k=4, decode="sparse", dead_tokens=32,
+                    aux_k=K_AUX, aux_capacity=32)
+    optim = OptimConfig(lr=1e-2, total_steps=10, adam_eps=1e-4)
+    mesh = make_mesh(1, 1, devices=jax.devices()[:1])
+    data = np.asarray(jax.random.normal(jax.random.PRNGKey(4), (3, 32, D_IN)))
+
+    def fresh(seed, n_dead):
+        state, _ = create_state(cfg, optim, mesh, seed=seed)
+        return state.replace(tokens_since_fired=state.tokens_since_fired.at[:n_dead].set(cfg.dead_tokens))
+
+    def alone(seed, n_dead):
+        state, shardings = create_state(cfg, optim, mesh, seed=seed)
+        step, state = TrainStep(cfg, optim, mesh, shardings, 32), fresh(seed, n_dead)
+        for batch in data:
+            state, metrics = step(state, batch)
+        return jax.device_get(state), jax.device_get(metrics)
+
+    members = [(3, 12), (4, 0)]  # 12 dead latents in the first member, none in the second
+    states = [fresh(seed, n) for seed, n in members]
+    shardings = to_shardings(mesh, add_leading_axis(state_specs(cfg, optim, states[0])))
+    stacked = jax.device_put(jax.tree.map(lambda *x: jnp.stack(x), *states), shardings)
+    step = TrainStep(cfg, optim, mesh, shardings, 32, sweep_size=2)
+    assert step.lower(stacked, data[0]).as_text().count("stablehlo.case") >= 1
+    for batch in data:
+        stacked, metrics = step(stacked, batch)
+    stacked = jax.device_get(stacked)
+    for i, (seed, n_dead) in enumerate(members):
+        want, want_metrics = alone(seed, n_dead)
+        for a, b in zip(jax.tree.leaves(want.params), jax.tree.leaves(stacked.params)):
+            np.testing.assert_allclose(b[i], a, rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(metrics["aux_loss"][i], want_metrics["aux_loss"], rtol=1e-5)
+    assert metrics["aux_loss"][0] > 0  # AuxK did run for the member with dead latents
+
+
+def test_aux_grad_latents_counts_dead_latents_that_get_a_gradient():
+    cfg, params, x, residual = make_case(seed=5)
+    dead = jnp.zeros(N_FEATURES, bool).at[jnp.arange(0, 40, 2)].set(True)
+    # Half the dead latents can never be positive: a ReLU on AuxK's picks gives them no gradient.
+    negative = jnp.arange(0, 40, 4)
+    params = params.replace(b_enc=params.b_enc.at[negative].set(-1e3))
+    for relu, want_missing in [(True, len(negative)), (False, 0)]:
+        c = dataclasses.replace(cfg, aux_relu=relu, aux_k=N_FEATURES // 2)
+        loss_fn = lambda p: auxk.aux_k_loss(p, x, residual, dead, jnp.int32(0), jnp.int32(20), c, None)  # noqa: E731
+        (_, counts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        got_grad = np.asarray(jnp.any(grads.W_dec != 0, axis=1))
+        assert int(counts["aux_dead_latents"]) == 20
+        assert int(counts["aux_grad_latents"]) == int(got_grad.sum()) == 20 - want_missing
