@@ -62,10 +62,15 @@ def buffered_loss(params, x, residual, dead, cfg, mesh=None, step=0, read_preact
     return loss
 
 
+# Jitted once per module: tests that share a config (and mesh) reuse the compiled program, the
+# dead set being a traced argument.
+reference_vg = jax.jit(jax.value_and_grad(reference_loss), static_argnums=(4,))
+buffered_vg = jax.jit(jax.value_and_grad(buffered_loss), static_argnums=(4, 5, 6, 7))
+
+
 def assert_same_loss_and_grads(cfg, params, x, residual, dead, read_preacts=False):
-    want, want_g = jax.value_and_grad(reference_loss)(params, x, residual, dead, cfg)
-    got, got_g = jax.jit(jax.value_and_grad(buffered_loss), static_argnums=(4, 5, 6, 7))(
-        params, x, residual, dead, cfg, None, 0, read_preacts)
+    want, want_g = reference_vg(params, x, residual, dead, cfg)
+    got, got_g = buffered_vg(params, x, residual, dead, cfg, None, 0, read_preacts)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         np.testing.assert_allclose(getattr(got_g, name), getattr(want_g, name), rtol=1e-4, atol=1e-6,
@@ -99,10 +104,11 @@ def test_ties_go_to_the_lower_feature_id():
 def test_empty_dead_set_costs_nothing_and_gives_zero():
     cfg, params, x, residual = make_case()
     dead = jnp.zeros(N_FEATURES, bool)
-    loss, grads = jax.value_and_grad(buffered_loss)(params, x, residual, dead, cfg)
+    loss, grads = buffered_vg(params, x, residual, dead, cfg, None, 0, False)
     assert float(loss) == 0.0
     assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads))
-    _, counts = auxk.aux_k_loss(params, x, residual, dead, jnp.int32(0), jnp.int32(0), cfg, None)
+    counts = jax.jit(lambda *a: auxk.aux_k_loss(*a, cfg, None)[1])(params, x, residual, dead, jnp.int32(0),
+                                                                     jnp.int32(0))
     assert float(counts["aux_dead_latents"]) == 0 and float(counts["aux_grad_latents"]) == 0
 
 
@@ -122,8 +128,8 @@ def test_more_dead_than_the_buffer_holds_rotates_a_window():
     # The loss on a step equals the exact top-k_aux over that step's window of dead latents.
     cfg, params, x, residual = make_case(capacity=capacity)
     window = jnp.zeros(N_FEATURES, bool).at[jnp.asarray(dead_ids[8:16])].set(True)
-    got = buffered_loss(params, x, residual, dead, cfg, step=1)
-    np.testing.assert_allclose(got, reference_loss(params, x, residual, window, cfg), rtol=1e-5)
+    got, _ = buffered_vg(params, x, residual, dead, cfg, None, 1, False)
+    np.testing.assert_allclose(got, reference_vg(params, x, residual, window, cfg)[0], rtol=1e-5)
 
 
 def test_buffer_sizes_and_the_size_a_step_uses():
@@ -144,13 +150,12 @@ def test_sharded_equals_unsharded(mesh_shape, n_dead):
     cfg, params, x, residual = make_case(seed=11, tie=True)
     dead = jnp.zeros(N_FEATURES, bool).at[jax.random.permutation(jax.random.PRNGKey(9), N_FEATURES)[:n_dead]].set(True)
     dead = dead.at[jnp.array([10, 20, 30])].set(n_dead > 0)  # keep the tied latents in play
-    want, want_g = jax.value_and_grad(buffered_loss)(params, x, residual, dead, cfg, None, 1, False)
+    want, want_g = buffered_vg(params, x, residual, dead, cfg, None, 1, False)
     n = mesh_shape[0] * mesh_shape[1]
     mesh = make_mesh(*mesh_shape, devices=jax.devices()[:n])
     p_sh = jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(cfg),
                                                is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)))
-    fn = jax.jit(jax.value_and_grad(buffered_loss), static_argnums=(4, 5, 6, 7))
-    got, got_g = fn(p_sh, jax.device_put(x, batch_sharding(mesh)), jax.device_put(residual, batch_sharding(mesh)),
+    got, got_g = buffered_vg(p_sh, jax.device_put(x, batch_sharding(mesh)), jax.device_put(residual, batch_sharding(mesh)),
                     jax.device_put(dead, NamedSharding(mesh, spec("features"))), cfg, mesh, 1, True)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
