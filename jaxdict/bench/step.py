@@ -104,7 +104,7 @@ def measure_step(cfg: SAEConfig, batch_size: int, mesh_shape: tuple[int, int] = 
     if params is not None:
         # From host copies: the step donates its state, which must not delete the caller's arrays.
         state = state.replace(params=jax.device_put(jax.tree.map(np.asarray, params), shardings.params))
-    state = with_dead_latents(state, cfg, dead_ids(cfg.n_features, dead_frac))
+    state = jax.device_put(with_dead_latents(state, cfg, dead_ids(cfg.n_features, dead_frac)), shardings)
     step = TrainStep(cfg, optim, mesh, shardings, batch_size)
     if batch is None:
         batch = np.random.default_rng(seed).standard_normal((batch_size, cfg.d_in), dtype=np.float32)
