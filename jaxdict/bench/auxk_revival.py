@@ -19,7 +19,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def adam_step_size(state, field: str = "b_enc") -> jax.Array:
