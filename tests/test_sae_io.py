@@ -1,7 +1,7 @@
 """Loading SAEs from training checkpoints, SAELens folders and Gemma Scope npz; export round trips.
 
-`write_run` writes a run folder in the training driver's layout (config.json + Orbax manager with
-items params / state / config) from an SAE really trained for a few steps; other eval tests import it.
+`write_run` writes a run folder through `jaxdict.run_layout` (config.json + checkpoints) from an SAE
+really trained for a few steps; other eval tests import it.
 """
 from __future__ import annotations
 
