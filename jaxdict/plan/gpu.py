@@ -40,7 +40,7 @@ def plan_on_local_compiler(cfg: RunConfig, topo: Topology) -> TrainPlan:
 def predict_bench_step(chip: Chip, *, d_in: int, n_features: int, batch_size: int, k: int,
                        compute_dtype: str) -> list[dict]:
     """One row per architecture of `jaxdict bench step`'s suite: predicted step time and MFU."""
-    from jaxdict.bench.step import DEFAULT_ARCHS, step_flops
+    from jaxdict.bench.step import DEFAULT_ARCHS, kernel_step_flops
 
     rows = []
     topo = Topology(chip, (1,))
@@ -51,7 +51,7 @@ def predict_bench_step(chip: Chip, *, d_in: int, n_features: int, batch_size: in
                         data=DataConfig(source="planted", batch_size=batch_size), mesh=MeshConfig(data=1, model=1))
         plan = plan_on_local_compiler(cfg, topo)
         r = plan.roofline
-        flops = step_flops(sae, batch_size)
+        flops = kernel_step_flops(sae, batch_size)
         rows.append({"arch": arch, "decode": "sparse" if sae.uses_sparse_decode else "dense",
                      "model_flops": flops, "compiled_flops": plan.cost.flops,
                      "hbm_gb": plan.cost.bytes_accessed / 1e9, "sort_gb": plan.cost.sort_bytes / 1e9,

@@ -84,10 +84,10 @@ def _first_line(err: Exception) -> str:
 
 
 def model_flops(cfg: RunConfig) -> float:
-    """The step's FLOPs by the model of DESIGN.md §7 (whole batch, all devices)."""
-    from jaxdict.bench.step import step_flops
+    """The step's FLOPs by the kernel model of DESIGN.md §7 (whole batch, all devices)."""
+    from jaxdict.bench.step import kernel_step_flops
 
-    return step_flops(cfg.sae, cfg.data.batch_size)
+    return kernel_step_flops(cfg.sae, cfg.data.batch_size)
 
 
 def estimate_state_bytes(cfg: RunConfig, n_devices: int, n_model: int) -> dict[str, float]:
