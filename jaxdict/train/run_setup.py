@@ -116,6 +116,17 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def with_new_defaults(existing: dict) -> dict:
+    """An older run's config with the fields added to the configs since at their defaults (a new
+    field's default must reproduce what jaxdict did before it existed), so an old run resumes."""
+    filled = json.loads(json.dumps(existing))
+    for section, fields in RunConfig().to_dict().items():
+        if isinstance(filled.get(section), dict):
+            for key, value in fields.items():
+                filled[section].setdefault(key, value)
+    return filled
+
+
 def prepare_run_dir(run_dir: str | Path, resolved: dict, force: bool, write: bool) -> bool:
     """Make `run_dir` ready. Returns True when it already holds this run (resume).
 
@@ -126,7 +137,7 @@ def prepare_run_dir(run_dir: str | Path, resolved: dict, force: bool, write: boo
     existing = read_json(run_dir / CONFIG_FILE)
     if existing is not None:
         run_format_version(run_dir)  # refuses a folder written by a newer jaxdict
-        diff = config_diff(existing, resolved, ignore=RESUME_IGNORED)
+        diff = config_diff(with_new_defaults(existing), resolved, ignore=RESUME_IGNORED)
         if not diff:
             if write:
                 _write_json(run_dir / CONFIG_FILE, resolved)
