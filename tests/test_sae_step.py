@@ -26,10 +26,11 @@ ARCH_CONFIGS = {
     "batchtopk": SAEConfig(arch="batchtopk", d_in=D_IN, n_features=N_FEATURES, k=4, dead_tokens=1, decode="sparse"),
     "batchtopk_dense": SAEConfig(arch="batchtopk", d_in=D_IN, n_features=N_FEATURES, k=4, dead_tokens=1,
                                  decode="dense"),
-    "jumprelu": SAEConfig(arch="jumprelu", d_in=D_IN, n_features=N_FEATURES, l0_coeff=0.05,
-                          jumprelu_bandwidth=0.1, jumprelu_init_threshold=0.1),
+    "jumprelu": SAEConfig(arch="jumprelu", d_in=D_IN, n_features=N_FEATURES, target_l0=6),
+    "jumprelu_l0": SAEConfig(arch="jumprelu", d_in=D_IN, n_features=N_FEATURES, l0_coeff=0.05,
+                             jumprelu_penalty="l0", jumprelu_bandwidth=0.1, jumprelu_init_threshold=0.1),
     "jumprelu_tanh": SAEConfig(arch="jumprelu", d_in=D_IN, n_features=N_FEATURES, l0_coeff=0.05,
-                               jumprelu_penalty="tanh"),
+                               jumprelu_penalty="tanh", target_l0=6),
 }
 
 

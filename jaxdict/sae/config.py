@@ -41,13 +41,29 @@ class SAEConfig:
     k: int = 64
     # ReLU-L1 λ (Scaling Monosemanticity used λ = 5 with inputs scaled so E‖x‖² = d_in).
     l1_coeff: float = 5.0
-    # JumpReLU sparsity coefficient on L0 (or the tanh penalty); Gemma Scope sweeps ~1e-3..1e-1 per
-    # unit-variance dimension, here applied to the summed L0 of a token.
-    l0_coeff: float = 1e-3
-    jumprelu_penalty: Literal["l0", "tanh"] = "l0"
-    # STE kernel width ε and initial θ: 0.001 in Gemma Scope (Lieberum et al. 2024, App. B).
-    jumprelu_bandwidth: float = 0.001
-    jumprelu_init_threshold: float = 0.001
+    # JumpReLU recipe (jaxdict/sae/jumprelu_recipe.py). "l0_target" (default): a quadratic penalty
+    # l0_coeff · (L0/target_l0 − 1)² holding the batch L0 at `target_l0` (the quadratic L0-target
+    # penalty of Gemma Scope 2, McDougall et al. 2025), θ started where L0 = target_l0 on the first
+    # batch; "l0": l0_coeff · L0 (Rajamanoharan et al. 2024); "tanh": l0_coeff · Σ_i tanh(c·f_i‖W_dec,i‖)
+    # (Anthropic, Jan 2025). `target_l0` is the only knob the default needs.
+    jumprelu_penalty: Literal["l0_target", "l0", "tanh"] = "l0_target"
+    target_l0: float = 64.0
+    # None: derived at the start of a run from the first batch (l0_target: 10 × the data's variance
+    # E‖x − μ‖², so the penalty is on the MSE's scale; "l0"/"tanh" have no scale-free default).
+    l0_coeff: float | None = None
+    # STE kernel width ε and initial θ. None: derived from the spread of the pre-activations at
+    # initialisation (ε = 0.1·σ_z; θ₀ = the (1 − target_l0/F) quantile of z), not Gemma Scope's
+    # constants 0.001, which assume unit-mean-squared-norm inputs (DESIGN.md §4).
+    jumprelu_bandwidth: float | None = None
+    jumprelu_init_threshold: float | None = None
+    # l0_target only: θ's learning rate relative to the other parameters'. Under Adam every parameter moves ~lr per
+    # step, but a step of a W_enc row moves a pre-activation by up to lr·‖x‖₁ (~0.1 at lr 1e-3):
+    # θ at lr alone lags the encoder by ~100× and the L0 drifts off its target (measured on planted
+    # data, d_in 128: L0 6 → 1.3 within 100 steps with θ₀ at the target; with ×30 it held 5.7-6.3).
+    jumprelu_threshold_lr_scale: float = 30.0
+    # Anthropic's pre-activation loss λ_P Σ_i ReLU(θ_i − z_i)‖W_dec,i‖ (Jan 2025; SAELens ships
+    # 3e-6 for inputs with ‖x‖ ≈ √d, our scaling): a small pull on latents that do not fire.
+    pre_act_coeff: float = 3e-6
     # tanh penalty sharpness c in tanh(c·|f_i|·‖W_dec,i‖) (Anthropic, Jan 2025 update).
     tanh_scale: float = 4.0
     # AuxK (Gao et al. 2024 App. A.2): k_aux ≈ d_in/2, coefficient 1/32; None means d_in // 2.
@@ -60,7 +76,7 @@ class SAEConfig:
     aux_relu: bool = True
     # A latent is dead when it has not fired for this many tokens (Gao et al.: 10M tokens).
     dead_tokens: int = 10_000_000
-    # BatchTopK inference threshold: EMA decay of the smallest kept activation per batch.
+    # BatchTopK inference threshold: EMA decay of the smallest positive kept activation per batch.
     threshold_ema_decay: float = 0.99
     # ReLU-L1 decoder init norm 0.1 (Anthropic April 2024 update).
     dec_init_norm: float = 0.1
@@ -93,14 +109,21 @@ class SAEConfig:
             raise ConfigError(f"SAEConfig.decode = {self.decode!r}; valid: auto, dense, sparse")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"SAEConfig.compute_dtype = {self.compute_dtype!r}; valid: float32, bfloat16")
-        if self.jumprelu_penalty not in ("l0", "tanh"):
-            raise ConfigError(f"SAEConfig.jumprelu_penalty = {self.jumprelu_penalty!r}; valid: l0, tanh")
-        for name in ("l1_coeff", "l0_coeff", "aux_coeff"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"SAEConfig.{name} = {getattr(self, name)}; must be >= 0")
-        for name in ("jumprelu_bandwidth", "jumprelu_init_threshold", "dec_init_norm", "tanh_scale"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"SAEConfig.{name} = {getattr(self, name)}; must be > 0")
+        if self.jumprelu_penalty not in ("l0_target", "l0", "tanh"):
+            raise ConfigError(f"SAEConfig.jumprelu_penalty = {self.jumprelu_penalty!r}; valid: l0_target, l0, tanh")
+        for name in ("l1_coeff", "l0_coeff", "aux_coeff", "pre_act_coeff"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"SAEConfig.{name} = {value}; must be >= 0")
+        for name in ("jumprelu_bandwidth", "jumprelu_init_threshold", "dec_init_norm", "tanh_scale",
+                     "jumprelu_threshold_lr_scale"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"SAEConfig.{name} = {value}; must be > 0 (or unset, to derive it from the data)")
+        uses_target = self.jumprelu_penalty == "l0_target" or self.jumprelu_init_threshold is None
+        if self.arch == "jumprelu" and uses_target and not 0 < self.target_l0 < self.n_features:
+            raise ConfigError(f"SAEConfig.target_l0 = {self.target_l0} with n_features = {self.n_features}; "
+                              "need 0 < target_l0 < n_features")
         if not 0.0 <= self.threshold_ema_decay < 1.0:
             raise ConfigError(f"SAEConfig.threshold_ema_decay = {self.threshold_ema_decay}; need 0 <= decay < 1")
 

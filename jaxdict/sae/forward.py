@@ -13,7 +13,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, Float, Int
 
-from jaxdict.sae import sharded_ops
+from jaxdict.sae import jumprelu_recipe, sharded_ops
 from jaxdict.sae.batchtopk_sparse import batchtopk_sparse
 from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.jumprelu import jumprelu
@@ -27,7 +27,8 @@ class ForwardOutput:
     x_hat: reconstruction [B, d]. pre_acts: z [B, F]. latents: dense f [B, F], or None when the
     TopK path is sparse — then `top_values` / `top_indices` [B, k] carry the active latents.
     fire_counts: [F], on how many tokens of the batch each latent was active. l0: [B] active count.
-    batch_threshold: BatchTopK's cut-off for this batch (0 for other architectures).
+    batch_threshold: BatchTopK's smallest positive kept activation in this batch (inf if none; 0 for
+    other architectures), the statistic its inference threshold averages.
     decode_fallback: 1 when sparse BatchTopK ran the dense maths for this batch, else 0 (None
     elsewhere). `sae_loss` for ReLU-L1 returns x_hat and fire_counts only (pre_acts, latents and
     l0 None: its fused step never materialises them; see sae/relu_l1.py) — call `forward` for them.
@@ -90,7 +91,7 @@ def forward(
         f = jax.nn.relu(z)
         return _dense_output(params, z, f, cfg, zero)
     if cfg.arch == "jumprelu" or (cfg.arch == "batchtopk" and not train):
-        f = jumprelu(z, params.threshold, cfg.jumprelu_bandwidth)
+        f = jumprelu(z, params.threshold, jumprelu_recipe.bandwidth(cfg))
         return _dense_output(params, z, f, cfg, zero)
     if cfg.arch == "batchtopk" and cfg.uses_sparse_decode:
         return _batchtopk_sparse_output(params, x, z, cfg, mesh)
@@ -98,7 +99,7 @@ def forward(
         n_keep = x.shape[0] * cfg.k
         cutoff = sharded_ops.global_kth_largest(jax.lax.stop_gradient(z), n_keep, mesh)
         f = jnp.where((z >= cutoff) & (z > 0), z, jnp.zeros_like(z))
-        return _dense_output(params, z, f, cfg, jnp.maximum(cutoff, 0.0))
+        return _dense_output(params, z, f, cfg, smallest_positive_kept(jax.lax.stop_gradient(z), cutoff))
     # TopK: indices from the dense pre-activations, no gradient through the selection.
     values, indices = sharded_ops.global_topk(jax.lax.stop_gradient(z), cfg.k, mesh)
     if not cfg.uses_sparse_decode:
@@ -132,6 +133,16 @@ def forward(
     )
 
 
+def smallest_positive_kept(z: Float[Array, "B F"], cutoff: Float[Array, ""]) -> Float[Array, ""]:
+    """BatchTopK's per-batch statistic for its inference threshold: the smallest positive kept
+    activation. A positive cut-off is itself a kept value (the B·k-th largest z); a cut-off ≤ 0 means
+    fewer than B·k pre-activations are positive and all of them are kept, so the statistic is their
+    minimum (max(cut-off, 0) would drag the EMA towards 0 and let every positive z through at
+    inference). inf when nothing is positive: the step then leaves the EMA alone."""
+    return jax.lax.cond(cutoff > 0, lambda _: cutoff.astype(jnp.float32),
+                        lambda _: jnp.min(jnp.where(z > 0, z, jnp.inf)).astype(jnp.float32), None)
+
+
 def _batchtopk_sparse_output(params, x, z, cfg, mesh) -> ForwardOutput:
     # z carries no gradient here: the custom VJP inside batchtopk_sparse routes the gradient of the
     # active entries to W_enc / b_enc / x_in sparsely, or runs the dense maths when it must.
@@ -147,7 +158,7 @@ def _batchtopk_sparse_output(params, x, z, cfg, mesh) -> ForwardOutput:
         top_indices=None,
         fire_counts=constrain_sharding(result.fire_counts, mesh, P(sharded_ops.MODEL)),
         l0=result.l0,
-        batch_threshold=jnp.maximum(result.cutoff, 0.0),
+        batch_threshold=smallest_positive_kept(jax.lax.stop_gradient(z), result.cutoff),
         decode_fallback=result.dense_fallback.astype(jnp.float32),
     )
 

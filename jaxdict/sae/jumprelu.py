@@ -64,3 +64,4 @@ def _step_bwd(bandwidth, residuals, g):
 
 
 heaviside_step.defvjp(_step_fwd, _step_bwd)
+

@@ -10,10 +10,9 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxdict.sae import auxk
+from jaxdict.sae import auxk, jumprelu_recipe
 from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.forward import ForwardOutput, forward
-from jaxdict.sae.jumprelu import heaviside_step
 from jaxdict.sae.params import SAEParams, decoder_row_norms
 from jaxdict.sae.relu_l1 import relu_l1_encode_decode
 
@@ -73,14 +72,13 @@ def sae_loss(
     parts: dict[str, Array] = {"mse": mse}
     loss = mse
     if cfg.arch == "jumprelu":
-        if cfg.jumprelu_penalty == "l0":
-            penalty = jnp.mean(jnp.sum(heaviside_step(out.pre_acts, params.threshold, cfg.jumprelu_bandwidth), axis=-1))
-        else:
-            # tanh(c · f_i ‖W_dec,i‖): a smooth, saturating stand-in for L0 (Anthropic, Jan 2025).
-            scaled = out.latents * decoder_row_norms(params)[None, :]
-            penalty = jnp.mean(jnp.sum(jnp.tanh(cfg.tanh_scale * scaled), axis=-1))
+        norms = decoder_row_norms(params)
+        penalty = jumprelu_recipe.sparsity_penalty(out.pre_acts, out.latents, params.threshold, norms, cfg)
         parts["sparsity_loss"] = penalty
         loss = loss + sparsity_coeff * penalty
+        if cfg.pre_act_coeff > 0:
+            parts["pre_act_loss"] = jumprelu_recipe.pre_act_loss(out.pre_acts, params.threshold, norms, cfg)
+            loss = loss + parts["pre_act_loss"]
     elif cfg.aux_coeff == 0:
         zero = jnp.zeros((), jnp.float32)
         parts.update(aux_loss=zero, aux_dead_latents=jnp.sum(dead, dtype=jnp.float32), aux_grad_latents=zero)

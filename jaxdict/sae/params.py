@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Float
 
+from jaxdict.sae import jumprelu_recipe
 from jaxdict.sae.config import SAEConfig
 
 
@@ -31,7 +32,7 @@ def init_params(cfg: SAEConfig, key: jax.Array) -> SAEParams:
 
     ReLU-L1: decoder rows random directions of norm 0.1, W_enc = W_decᵀ, zero biases (Anthropic,
     April 2024 update). TopK / BatchTopK / JumpReLU: unit-norm decoder rows with W_enc = W_decᵀ
-    (Gao et al. 2024 §2.4 "tied init"; Gemma Scope App. B), JumpReLU θ = 0.001.
+    (Gao et al. 2024 §2.4 "tied init"; Gemma Scope App. B), JumpReLU θ = θ₀ (jumprelu_recipe).
     """
     directions = jax.random.normal(key, (cfg.n_features, cfg.d_in), dtype=jnp.float32)
     directions = directions / jnp.linalg.norm(directions, axis=-1, keepdims=True)
@@ -39,7 +40,7 @@ def init_params(cfg: SAEConfig, key: jax.Array) -> SAEParams:
     W_dec = directions * jnp.float32(norm)
     threshold = None
     if cfg.arch == "jumprelu":
-        threshold = jnp.full((cfg.n_features,), cfg.jumprelu_init_threshold, jnp.float32)
+        threshold = jnp.full((cfg.n_features,), jumprelu_recipe.init_threshold(cfg), jnp.float32)
     elif cfg.arch == "batchtopk":
         # Learned from data during training (EMA); 0 means "not yet estimated".
         threshold = jnp.zeros((cfg.n_features,), jnp.float32)

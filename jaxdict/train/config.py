@@ -134,7 +134,9 @@ class RunConfig:
 
     @property
     def sparsity_coeff(self) -> float:
-        return self.sae.l1_coeff if self.sae.arch == "relu_l1" else self.sae.l0_coeff
+        from jaxdict.sae.jumprelu_recipe import penalty_coeff
+
+        return self.sae.l1_coeff if self.sae.arch == "relu_l1" else penalty_coeff(self.sae)
 
     @property
     def tokens(self) -> int:

@@ -98,6 +98,30 @@ def initial_b_dec(cfg: RunConfig, sources: DataSources) -> np.ndarray | None:
     return np.asarray(sources.data_mean(cfg.data.scale_rows) * sources.input_scale, np.float32)
 
 
+def derive_from_data(cfgs: list[RunConfig], sources: DataSources) -> list[RunConfig]:
+    """Fill the JumpReLU scales left unset (ε, θ₀, the penalty coefficient) from the first batch of
+    training rows at initialisation (jaxdict/sae/jumprelu_recipe.py). One measurement, with the first
+    config's seed, serves every member of a sweep axis, so they still share one compiled step."""
+    import dataclasses
+
+    import jax
+
+    from jaxdict.sae import jumprelu_recipe
+    from jaxdict.sae.params import init_params
+
+    sae = cfgs[0].sae
+    unset = (sae.jumprelu_bandwidth, sae.jumprelu_init_threshold, sae.l0_coeff)
+    if sae.arch != "jumprelu" or None not in unset:
+        return cfgs
+    n_rows = min(sources.train.n_rows, max(cfgs[0].data.batch_size, 1024), 8192)
+    x = np.asarray(sources.train.read(0, n_rows), np.float64) * sources.input_scale
+    b_dec = initial_b_dec(cfgs[0], sources)
+    b_dec = np.zeros(sae.d_in) if b_dec is None else b_dec
+    W_enc = np.asarray(init_params(sae, jax.random.PRNGKey(cfgs[0].run.seed)).W_enc)
+    stats = jumprelu_recipe.measure_preacts(sae, W_enc, b_dec, x)
+    return [dataclasses.replace(c, sae=jumprelu_recipe.derive_config(c.sae, stats)) for c in cfgs]
+
+
 def resolve(cfg: RunConfig, sources: DataSources, run_dir: str) -> dict:
     """The resolved config (saved as config.json and in every checkpoint)."""
     d = cfg.to_dict()

@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxdict import run_layout as layout
 from jaxdict.sae.config import SAEConfig
+from jaxdict.sae.jumprelu_recipe import penalty_coeff
 from jaxdict.sae.params import SAEParams, init_params
 from jaxdict.train.mesh import spec, stored_spec
 from jaxdict.train.optim import OptimConfig, make_transform
@@ -39,7 +40,7 @@ class TrainState:
 
 
 def default_hparams(sae_cfg: SAEConfig, optim_cfg: OptimConfig) -> dict[str, float]:
-    sparsity = sae_cfg.l1_coeff if sae_cfg.arch == "relu_l1" else sae_cfg.l0_coeff
+    sparsity = sae_cfg.l1_coeff if sae_cfg.arch == "relu_l1" else penalty_coeff(sae_cfg)
     return {"lr": optim_cfg.lr, "sparsity_coeff": sparsity}
 
 

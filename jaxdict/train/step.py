@@ -53,7 +53,8 @@ def train_step(
         # FSDP: all-gather the stored 1/devices shards over `data` into the model-axis layout.
         params = jax.lax.with_sharding_constraint(params, to_shardings(mesh, param_specs(sae_cfg, "model")))
     x = batch.astype(jnp.float32) * state.input_scale
-    uses_warmup = sae_cfg.arch in ("relu_l1", "jumprelu")
+    # The L0-target penalty starts at its target (θ₀ from the data), so it needs no warm-up.
+    uses_warmup = sae_cfg.arch == "relu_l1" or (sae_cfg.arch == "jumprelu" and sae_cfg.jumprelu_penalty != "l0_target")
     sparsity = state.hparams["sparsity_coeff"] * (
         sparsity_multiplier(state.step, optim_cfg) if uses_warmup else 1.0
     )
@@ -83,6 +84,8 @@ def train_step(
         with jax.numpy_dtype_promotion("standard"):
             updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         updates = jax.tree.map(lambda u: -lr * u, updates)
+        if sae_cfg.arch == "jumprelu" and sae_cfg.jumprelu_penalty == "l0_target":
+            updates = updates.replace(threshold=updates.threshold * jnp.float32(sae_cfg.jumprelu_threshold_lr_scale))
         new_params: SAEParams = optax.apply_updates(state.params, updates)
         if sae_cfg.unit_norm_decoder:
             norms = jnp.linalg.norm(new_params.W_dec, axis=-1, keepdims=True)
@@ -90,9 +93,11 @@ def train_step(
         if sae_cfg.arch == "batchtopk":
             decay = jnp.float32(sae_cfg.threshold_ema_decay)
             old = new_params.threshold
-            # First batch seeds the EMA (θ = 0 means "not yet estimated").
+            # First batch seeds the EMA (θ = 0 means "not yet estimated"); a batch with no positive
+            # kept activation (batch_threshold = inf) leaves it as it was.
+            seen = jnp.isfinite(out.batch_threshold)
             ema = jnp.where(old > 0, decay * old + (1.0 - decay) * out.batch_threshold, out.batch_threshold)
-            new_params = new_params.replace(threshold=ema)
+            new_params = new_params.replace(threshold=jnp.where(seen, ema, old))
         if sae_cfg.arch == "jumprelu":
             # θ must stay positive: a non-positive threshold would let every negative z through H.
             new_params = new_params.replace(threshold=jnp.maximum(new_params.threshold, 1e-6))

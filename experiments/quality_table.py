@@ -1,0 +1,112 @@
+"""Train, evaluate and tabulate every architecture at L0 ≈ 32 and ≈ 64 (experiments/results/quality.md).
+
+    python experiments/quality_table.py --store /work/stores/gemma-l9/resid_post.9 --out runs/q \
+        --rows jumprelu-32,topk-32,... --table experiments/results/quality.md
+
+One row = one `jaxdict train` of experiments/quality.py:gemma plus the architecture's L0 knob, then
+`jaxdict eval` on held-out documents. Rows whose folder holds result.json (and eval/eval.json) are
+not trained (evaluated) again, so the script resumes. ReLU-L1 has no L0 knob: λ is searched (secant
+steps on log λ against log L0, from λ = 1) until the held-out L0 lies within ±15 % of the target;
+every try is a full run and the table reports how many it took.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+KNOBS = {"topk": "sae.k", "batchtopk": "sae.k", "jumprelu": "sae.target_l0"}
+ROWS = ["jumprelu-32", "topk-32", "jumprelu-64", "topk-64", "batchtopk-32", "batchtopk-64",
+        "relu_l1-32", "relu_l1-64"]
+L0_TOLERANCE = 0.15
+
+
+def jaxdict(*args: str, log: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=f"{HERE}:{HERE.parent}:{os.environ.get('PYTHONPATH', '')}")
+    with open(log, "a") as f:
+        subprocess.run([sys.executable, "-m", "jaxdict.cli", *args], check=True, stdout=f, stderr=subprocess.STDOUT,
+                       env=env)
+
+
+def train_and_eval(run: Path, sets: list[str], store: str, eval_tokens: int) -> dict:
+    if not (run / "result.json").is_file():
+        args = ["train", "--config", f"{HERE / 'quality.py'}:gemma", "--set", f"data.store={store}",
+                "--out", str(run), "--no-progress"]
+        for s in sets:
+            args += ["--set", s]
+        jaxdict(*args, log=run.with_suffix(".log"))
+    if not (run / "eval" / "eval.json").is_file():
+        jaxdict("eval", str(run), "--out", str(run / "eval"), "--tokens", str(eval_tokens), "--no-progress",
+                log=run.with_suffix(".log"))
+    return json.loads((run / "eval" / "eval.json").read_text())
+
+
+def command_of(run: Path, store: str, sets: list[str]) -> str:
+    extra = " ".join(f"--set {s}" for s in sets)
+    return (f"jaxdict train --config experiments/quality.py:gemma --set data.store={store} {extra} --out {run}"
+            f" && jaxdict eval {run} --out {run}/eval")
+
+
+def relu_l1_search(out: Path, target: int, store: str, eval_tokens: int, max_tries: int) -> tuple[Path, list]:
+    """λ tries until the held-out L0 is within tolerance; returns the chosen run and the tries."""
+    tries: list[tuple[float, float, Path]] = []
+    lam = 1.0
+    for i in range(max_tries):
+        run = out / f"relu_l1-{target}-try{i}"
+        ev = train_and_eval(run, ["sae.arch=relu_l1", f"sae.l1_coeff={lam:.4g}"], store, eval_tokens)
+        tries.append((lam, float(ev["l0"]), run))
+        if abs(ev["l0"] / target - 1.0) <= L0_TOLERANCE:
+            break
+        if len(tries) == 1:  # L0 ∝ λ^(-1) as a first guess of the slope
+            lam = lam * ev["l0"] / target
+        else:
+            (l1, a, _), (l2, b, _) = tries[-2], tries[-1]
+            slope = (math.log(b) - math.log(a)) / (math.log(l2) - math.log(l1)) if l1 != l2 and a != b else -1.0
+            lam = l2 * math.exp((math.log(target) - math.log(b)) / min(slope, -0.1))
+    best = min(tries, key=lambda t: abs(t[1] / target - 1.0))
+    return best[2], [(t[0], t[1]) for t in tries]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", required=True, help="parent folder of the runs")
+    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--eval-tokens", type=int, default=65536)
+    p.add_argument("--max-tries", type=int, default=4, help="ReLU-L1 λ tries per target")
+    p.add_argument("--results", default=None, help="JSON lines file the rows are appended to")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = Path(args.results or out / "quality_rows.jsonl")
+    for row in args.rows.split(","):
+        arch, target = row.rsplit("-", 1)
+        target_l0 = int(target)
+        tries = None
+        if arch == "relu_l1":
+            run, tries = relu_l1_search(out, target_l0, args.store, args.eval_tokens, args.max_tries)
+            sets = ["sae.arch=relu_l1", f"sae.l1_coeff={tries[-1][0]:.4g}"]
+        else:
+            sets = [f"sae.arch={arch}", f"{KNOBS[arch]}={target_l0}"]
+            run = out / row
+            train_and_eval(run, sets, args.store, args.eval_tokens)
+        ev = json.loads((run / "eval" / "eval.json").read_text())
+        result = json.loads((run / "result.json").read_text())
+        config = json.loads((run / "config.json").read_text())
+        tokens = config["optim"]["total_steps"] * config["data"]["batch_size"]
+        record = {"row": row, "arch": arch, "target_l0": target_l0, "run": str(run), "tokens": tokens,
+                  "tokens_per_s": tokens / result["wall_time_s"], "l1_tries": tries, "eval": ev,
+                  "command": command_of(run, args.store, sets)}
+        with open(results, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"{row}: l0 {ev.get('l0')} fvu {ev.get('fvu')} delta_ce {ev.get('delta_ce')}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
