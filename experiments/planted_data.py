@@ -53,12 +53,12 @@ def make(args) -> None:
 
 
 def score(args) -> None:
-    from jaxdict.train.checkpoint import load_params
+    from jaxdict.sae.io import load_sae
 
     features = np.load(args.features)
     for run in args.runs:
-        params = load_params(run)
-        print(f"{run}: mean max cosine {mean_max_cosine(features, np.asarray(params['W_dec'])):.4f}")
+        sae = load_sae(run)  # raw-unit params: W_dec rows rescaled by one constant, cosines unchanged
+        print(f"{run}: mean max cosine {mean_max_cosine(features, np.asarray(sae.params.W_dec)):.4f}")
 
 
 def main(argv: list[str] | None = None) -> int:
