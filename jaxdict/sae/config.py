@@ -47,7 +47,7 @@ class SAEConfig:
     # batch; "l0": l0_coeff · L0 (Rajamanoharan et al. 2024); "tanh": l0_coeff · Σ_i tanh(c·f_i‖W_dec,i‖)
     # (Anthropic, Jan 2025). `target_l0` is the only knob the default needs.
     jumprelu_penalty: Literal["l0_target", "l0", "tanh"] = "l0_target"
-    target_l0: float = 64.0
+    target_l0: float | None = None  # None: k (64 by default), at most half of n_features
     # None: derived at the start of a run from the first batch (l0_target: 10 × the data's variance
     # E‖x − μ‖², so the penalty is on the MSE's scale; "l0"/"tanh" have no scale-free default).
     l0_coeff: float | None = None
@@ -120,12 +120,16 @@ class SAEConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"SAEConfig.{name} = {value}; must be > 0 (or unset, to derive it from the data)")
-        uses_target = self.jumprelu_penalty == "l0_target" or self.jumprelu_init_threshold is None
-        if self.arch == "jumprelu" and uses_target and not 0 < self.target_l0 < self.n_features:
+        if self.arch == "jumprelu" and self.target_l0 is not None and not 0 < self.target_l0 < self.n_features:
             raise ConfigError(f"SAEConfig.target_l0 = {self.target_l0} with n_features = {self.n_features}; "
                               "need 0 < target_l0 < n_features")
         if not 0.0 <= self.threshold_ema_decay < 1.0:
             raise ConfigError(f"SAEConfig.threshold_ema_decay = {self.threshold_ema_decay}; need 0 <= decay < 1")
+
+    @property
+    def effective_target_l0(self) -> float:
+        """JumpReLU's L0 target: target_l0, else k capped at half the features."""
+        return float(self.target_l0) if self.target_l0 is not None else float(min(self.k, self.n_features // 2))
 
     @property
     def has_threshold(self) -> bool:

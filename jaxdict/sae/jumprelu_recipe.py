@@ -55,7 +55,7 @@ def measure_preacts(cfg: SAEConfig, W_enc: np.ndarray, b_dec: np.ndarray, x: np.
     if len(x) < 2:
         raise ValueError(f"need at least 2 finite rows to measure the pre-activations, got {len(x)}")
     z = (x - np.asarray(b_dec, np.float64)) @ np.asarray(W_enc, np.float64)
-    keep = float(cfg.target_l0) / cfg.n_features  # fraction of entries above θ₀
+    keep = cfg.effective_target_l0 / cfg.n_features  # fraction of entries above θ₀
     quantile = float(np.quantile(z, 1.0 - keep))
     variance = float(np.mean(np.sum(np.square(x - x.mean(axis=0)), axis=1)))
     return PreActStats(spread=float(np.std(z)), target_quantile=quantile, variance=variance)
@@ -85,7 +85,7 @@ def isotropic_stats(cfg: SAEConfig) -> PreActStats:
     what a run without data to look at (a benchmark, a unit test) falls back to."""
     from statistics import NormalDist
 
-    keep = float(cfg.target_l0) / cfg.n_features
+    keep = cfg.effective_target_l0 / cfg.n_features
     return PreActStats(spread=1.0, target_quantile=NormalDist().inv_cdf(1.0 - keep), variance=float(cfg.d_in))
 
 
@@ -122,7 +122,7 @@ def sparsity_penalty(
     if cfg.jumprelu_penalty == "l0":
         return jnp.mean(jnp.sum(heaviside_step(pre_acts, threshold, eps), axis=-1))
     l0 = jnp.mean(jnp.sum(heaviside_step(pre_acts, threshold, eps), axis=-1))
-    return jnp.square(l0 / jnp.float32(cfg.target_l0) - 1.0)
+    return jnp.square(l0 / jnp.float32(cfg.effective_target_l0) - 1.0)
 
 
 def pre_act_loss(
