@@ -62,7 +62,7 @@ class SAEConfig:
     # data, d_in 128: L0 6 → 1.3 within 100 steps with θ₀ at the target; with ×30 it held 5.7-6.3).
     jumprelu_threshold_lr_scale: float = 30.0
     # Anthropic's pre-activation loss λ_P Σ_i ReLU(θ_i − z_i)‖W_dec,i‖ (Jan 2025; SAELens ships
-    # 3e-6 for inputs with ‖x‖ ≈ √d, our scaling): a small pull on latents that do not fire.
+    # 3e-6 for inputs with ‖x‖ ≈ √d, our scaling): a small pull on latents that do not fire (l0_target only).
     pre_act_coeff: float = 3e-6
     # tanh penalty sharpness c in tanh(c·|f_i|·‖W_dec,i‖) (Anthropic, Jan 2025 update).
     tanh_scale: float = 4.0

@@ -76,7 +76,7 @@ def sae_loss(
         penalty = jumprelu_recipe.sparsity_penalty(out.pre_acts, out.latents, params.threshold, norms, cfg)
         parts["sparsity_loss"] = penalty
         loss = loss + sparsity_coeff * penalty
-        if cfg.pre_act_coeff > 0:
+        if cfg.pre_act_coeff > 0 and cfg.jumprelu_penalty == "l0_target":
             parts["pre_act_loss"] = jumprelu_recipe.pre_act_loss(out.pre_acts, params.threshold, norms, cfg)
             loss = loss + parts["pre_act_loss"]
     elif cfg.aux_coeff == 0:
