@@ -56,13 +56,19 @@ def clamp_edit(cfg: SAEConfig, include_bos: bool = False):
         current = jnp.take(f, idx, axis=-1)  # [..., n]
         rows = jnp.take(params.W_dec, idx, axis=0)  # [n, d]
         delta = jnp.einsum("...n,nd->...d", values - current, rows)
-        keep = _position_mask(positions, include_bos, x.ndim)
-        if keep is not None:
-            delta = delta * keep
-        return (x.astype(jnp.float32) + delta).astype(x.dtype)
+        return _add_outside_bos(x, delta, positions, include_bos)
 
     clamp.uses_positions = True
     return clamp
+
+
+def _add_outside_bos(x: jax.Array, delta: jax.Array, positions: jax.Array | None,
+                     include_bos: bool) -> jax.Array:
+    """x + delta in float32, with delta zeroed at position 0 unless include_bos."""
+    keep = _position_mask(positions, include_bos, x.ndim)
+    if keep is not None:
+        delta = delta * keep
+    return (x.astype(jnp.float32) + delta).astype(x.dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,10 +78,7 @@ def add_vector_edit(include_bos: bool = False):
 
     def add(x: jax.Array, vector: Any, positions: jax.Array | None = None) -> jax.Array:
         delta = jnp.broadcast_to(jnp.asarray(vector, jnp.float32), x.shape)
-        keep = _position_mask(positions, include_bos, x.ndim)
-        if keep is not None:
-            delta = delta * keep
-        return (x.astype(jnp.float32) + delta).astype(x.dtype)
+        return _add_outside_bos(x, delta, positions, include_bos)
 
     add.uses_positions = True
     return add
