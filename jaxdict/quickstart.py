@@ -57,6 +57,22 @@ class QuickstartError(RuntimeError):
     pass
 
 
+def available_memory_bytes() -> int | None:
+    """Memory a new process can take: Linux's MemAvailable, which counts reclaimable page cache.
+    (sysconf's AVPHYS_PAGES is MemFree: on a machine that just wrote a store or installed packages
+    most memory sits in page cache, and MemFree refused runs that had 20 GiB to spare.)"""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
 def check_resources(cfg: QuickstartConfig) -> dict[str, float]:
     """Refuse, before any work, a machine without the disk or memory the run needs."""
     root = Path(cfg.out)
@@ -70,10 +86,7 @@ def check_resources(cfg: QuickstartConfig) -> dict[str, float]:
             f"not enough disk under {probe}: {free_disk / GIB:.1f} GiB free, the quickstart needs about "
             f"{need_disk / GIB:.1f} GiB (lower --tokens or choose another --out)")
     need_mem = 4.0 * GIB  # the LM in float32 (~1.1 GB) plus XLA buffers for a [32, 128] forward pass
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        avail = None
+    avail = available_memory_bytes()
     if avail is not None and avail < need_mem:
         raise QuickstartError(f"not enough free memory: {avail / GIB:.1f} GiB available, the quickstart "
                               f"needs about {need_mem / GIB:.0f} GiB")

@@ -79,3 +79,16 @@ def test_quickstart_refuses_a_machine_without_enough_disk(tmp_path, monkeypatch)
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 10**9 - 10**6, 10**6))
     with pytest.raises(QuickstartError, match=r"not enough disk under .*: 0.0 GiB free, the quickstart needs about"):
         check_resources(QuickstartConfig(out=str(tmp_path / "qs")))
+
+
+def test_quickstart_memory_check_counts_reclaimable_page_cache(tmp_path, monkeypatch):
+    import jaxdict.quickstart as quickstart
+
+    meminfo = {line.split(":")[0]: int(line.split()[1]) * 1024
+               for line in Path("/proc/meminfo").read_text().splitlines()}
+    # MemAvailable (free + reclaimable cache), not MemFree: CI refused a run with 3.4 GiB "free"
+    # after the install had filled the page cache.
+    assert quickstart.available_memory_bytes() >= meminfo["MemFree"] - 256 * 2**20
+    monkeypatch.setattr(quickstart, "available_memory_bytes", lambda: 3 * 2**30)
+    with pytest.raises(QuickstartError, match=r"not enough free memory: 3.0 GiB available, the quickstart needs about 4"):
+        check_resources(QuickstartConfig(out=str(tmp_path / "qs")))

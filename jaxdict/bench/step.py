@@ -81,8 +81,11 @@ def _time_calls(fn, warmup: int, iters: int) -> list[float]:
 def measure_matmul_peak(batch_size: int, d_in: int, n_features: int, dtype: str = "float32",
                         warmup: int = 2, iters: int = 5) -> dict[str, float]:
     """FLOP/s of one [B, d] @ [d, F] matmul: the practical ceiling of an SAE step on this machine."""
-    a = jnp.ones((batch_size, d_in), dtype)
-    w = jnp.ones((d_in, n_features), dtype)
+    # Random operands: constant ones or zeros can run faster than real data does (a bf16 GEMM ran
+    # 13 % faster on zeros than on random data on an H200, .library/device/METHOD.md).
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((batch_size, d_in), dtype=np.float32), dtype)
+    w = jnp.asarray(rng.standard_normal((d_in, n_features), dtype=np.float32), dtype)
     matmul = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
     times = _time_calls(lambda: matmul(a, w), warmup, iters)
     best = min(times)
@@ -169,8 +172,9 @@ def run_step_suite(d_in: int = 640, n_features: int = 16384, batch_size: int = 4
     x · input_scale (the others from a fresh init). Each TopK-family step is timed twice: fresh (nothing
     dead, AuxK skipped) and with `dead_frac` of its latents dead (AuxK on every step), what a run
     does once latents die; dead_frac=0 skips the second."""
-    peak = measure_matmul_peak(batch_size, d_in, n_features, "float32", iters=iters)
-    log(f"matmul ceiling [{batch_size}x{d_in}]@[{d_in}x{n_features}] fp32: "
+    # The ceiling in the steps' own compute dtype: a bf16 step against an fp32 GEMM would read ~2x.
+    peak = measure_matmul_peak(batch_size, d_in, n_features, compute_dtype, iters=iters)
+    log(f"matmul ceiling [{batch_size}x{d_in}]@[{d_in}x{n_features}] {compute_dtype}: "
         f"{peak['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
     rows = []
     for arch, overrides in archs:
