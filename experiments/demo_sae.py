@@ -19,8 +19,6 @@ DEMO = derive(BASE, "demo-sae-topk-f16384-k32", sae__arch="topk", sae__n_feature
               optim__lr=4e-4, optim__lr_warmup_steps=50, optim__total_steps=2048,
               data__batch_size=1024, run__checkpoint_every=256, run__log_every=32)
 
-CONFIGS = {"demo": DEMO}
-
 # What this session could afford on a shared 2-core CPU (load average ~20, the store still being
 # harvested): F = 4,096, 768 steps × 256 rows = 197k training tokens. Used for the committed
 # steering reports, which say so; the `demo` recipe above is the one the issue asks for.

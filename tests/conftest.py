@@ -11,6 +11,20 @@ XLA_TEST_FLAGS = "--xla_force_host_platform_device_count=8 --xla_cpu_enable_conc
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + XLA_TEST_FLAGS).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# Many tests compile the same program (one step config over several meshes, the CLI run twice, a
+# resumed run): JAX's persistent compilation cache, in a directory fresh for each pytest session,
+# compiles each such program once. Set as environment variables so that the CLI subprocesses the
+# tests start share it. Compiles under 0.5 s are not worth the disk write.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxdict-tests-xla-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

@@ -218,3 +218,12 @@ def test_aux_grad_latents_counts_dead_latents_that_get_a_gradient():
         got_grad = np.asarray(jnp.any(grads.W_dec != 0, axis=1))
         assert int(counts["aux_dead_latents"]) == 20
         assert int(counts["aux_grad_latents"]) == int(got_grad.sum()) == 20 - want_missing
+
+
+def test_default_buffer_capacity_is_f_over_8_up_to_its_ceiling():
+    from jaxdict.sae.config import AUX_CAPACITY_MAX
+
+    assert SAEConfig(arch="topk", d_in=64, n_features=16384, k=32).effective_aux_capacity == 2048
+    # The 16M TopK: F/8 = 2M slots would be a [B, 2M] float32 block on every device.
+    assert SAEConfig(arch="topk", d_in=64, n_features=1 << 24, k=32).effective_aux_capacity == AUX_CAPACITY_MAX
+    assert SAEConfig(arch="topk", d_in=64, n_features=1 << 24, k=32, aux_capacity=1 << 18).effective_aux_capacity == 1 << 18

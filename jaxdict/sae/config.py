@@ -8,6 +8,14 @@ from typing import Literal
 ARCHITECTURES = ("relu_l1", "topk", "batchtopk", "jumprelu")
 DecodeMode = Literal["auto", "dense", "sparse"]
 
+# Default ceiling of AuxK's dead-latent buffer (slots). Sharded, each device builds the [B, C] slot
+# block of the pre-activations before a psum-scatter hands it its C/m columns, so C bounds a per-device
+# temporary: with C = F/8 the 16M TopK's plan (B 8192) needed 176 GB of temporaries per v5p chip on
+# any slice (experiments/results/scale_plans.md); 2^16 slots keep that block at 2.1 GB. Above
+# F = 512k the buffer then holds a moving window of the dead set (each dead latent is a candidate
+# every ⌈n_dead / C⌉ steps).
+AUX_CAPACITY_MAX = 1 << 16
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the value and what would be valid."""
@@ -69,8 +77,8 @@ class SAEConfig:
     # AuxK (Gao et al. 2024 App. A.2): k_aux ≈ d_in/2, coefficient 1/32; None means d_in // 2.
     aux_k: int | None = None
     aux_coeff: float = 1.0 / 32.0
-    # AuxK picks among at most this many dead latents per step (sae/auxk.py); None means F // 8.
-    # More dead than this: a window of this many, moving every step.
+    # AuxK picks among at most this many dead latents per step (sae/auxk.py); None means
+    # min(F // 8, AUX_CAPACITY_MAX). More dead than this: a window of this many, moving every step.
     aux_capacity: int | None = None
     # ReLU the dead latents picked by AuxK (OpenAI's and sparsify's code do; SAELens does not).
     aux_relu: bool = True
@@ -141,7 +149,9 @@ class SAEConfig:
 
     @property
     def effective_aux_capacity(self) -> int:
-        return self.aux_capacity if self.aux_capacity is not None else max(1, self.n_features // 8)
+        if self.aux_capacity is not None:
+            return self.aux_capacity
+        return max(1, min(self.n_features // 8, AUX_CAPACITY_MAX))
 
     @property
     def uses_sparse_decode(self) -> bool:
