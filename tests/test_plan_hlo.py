@@ -1,6 +1,7 @@
 """The planner's parts that need no TPU compiler: HLO parsing, chip table, roofline arithmetic and
 the emulated approx_max_k."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -25,6 +26,32 @@ HloModule m
   %top = (f32[512,64]{1,0}, s32[512,64]{1,0}) custom-call(%z0), custom_call_target="TopK"
   %s = (f32[512,128]{1,0}, s32[512,128]{1,0}) sort(f32[512,128]{1,0} %a, s32[512,128]{1,0} %b), dimensions={1}, to_apply=%cmp
 """
+
+
+def test_a_conditional_counts_only_its_costliest_branch(devices):
+    """A lax.switch runs one branch per step: its sorts and collectives are those of the branch with
+    the most traffic, not the sum of all (the AuxK buffer switch of the TopK step)."""
+    from jax import lax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    mesh = Mesh(np.array(devices), ("x",))
+
+    def step(i, x):
+        def small(x):
+            return jnp.sort(x[:, :64], axis=1).sum()
+
+        def large(x):
+            return jnp.sort(x, axis=1).sum() + jnp.sum(jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P())))
+
+        return lax.switch(i, [small, large], x)
+
+    x = jax.device_put(np.ones((8, 1024), np.float32), NamedSharding(mesh, P(None, "x")))
+    text = jax.jit(step).lower(1, x).compile().as_text()
+    assert "conditional(" in text and text.count(" sort(") >= 2  # both branches are in the program
+    rows = sorted(op.row_length for op in hlo.parse_sorts(text) if op.op == "sort")
+    assert 64 not in rows and 1024 in rows  # only the large branch's sort
+    flat = [op.row_length for op in hlo._sorts_in(text.splitlines(), hlo._symbols(text)) if op.op == "sort"]
+    assert 64 in flat  # what summing every line would have counted
 
 
 def test_shape_bytes_sums_tuples_and_dtypes():

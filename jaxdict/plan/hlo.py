@@ -9,6 +9,8 @@ Parsed from `compiled.as_text()`. Lines look like
     %topk = (f32[512,64]{1,0}, s32[512,64]{1,0}) topk(f32[512,4096]{1,0} %z), k=64, largest=true
 
 A collective inside a loop body is counted once per appearance, not per trip (the plan says so).
+A `conditional` runs one of its branches: of each, only the branch with the most traffic is counted
+(the TopK step's AuxK is a lax.switch over four buffer sizes; summing them overstated its sorts).
 """
 from __future__ import annotations
 
@@ -148,10 +150,69 @@ def _operands(rest: str, symbols: dict[str, str]) -> str:
     return " ".join(symbols.get(name, "") for name in re.findall(r"%([\w.\-]+)", text))
 
 
+_COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s+\(.*->.*\{\s*$")
+_CALLEES = re.compile(r"\b(?:calls|to_apply|body|condition)=%?([\w.\-]+)")
+_BRANCHES = re.compile(r"\b(?:branch_computations=\{([^}]*)\}|true_computation=%?([\w.\-]+), "
+                       r"false_computation=%?([\w.\-]+))")
+
+
+def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str | None]:
+    """Computation name -> its instruction lines, and the entry computation's name (None when the
+    text is a bare list of instructions)."""
+    comps: dict[str, list[str]] = {}
+    entry, current = None, None
+    for line in hlo_text.splitlines():
+        m = _COMPUTATION.match(line)
+        if m:
+            current = m.group(2)
+            comps[current] = []
+            entry = current if m.group(1) else entry
+        elif line.strip() == "}":
+            current = None
+        elif current is not None:
+            comps[current].append(line)
+    return comps, entry
+
+
+def _on_costliest_path(hlo_text: str, items_in, weight) -> list:
+    """items_in(lines) over the computations the entry reaches through calls, taking at each
+    conditional only its branch of largest total weight. A computation called from several sites
+    counts at each."""
+    comps, entry = _computations(hlo_text)
+    if entry is None:
+        return items_in(hlo_text.splitlines())
+    memo: dict[str, list] = {}
+
+    def walk(name: str, active: frozenset) -> list:
+        if name in memo:
+            return memo[name]
+        if name not in comps or name in active:
+            return []
+        lines = comps[name]
+        found = list(items_in(lines))
+        for line in lines:
+            b = _BRANCHES.search(line)
+            if b:
+                names = re.findall(r"%?([\w.\-]+)", b.group(1)) if b.group(1) else [b.group(2), b.group(3)]
+                options = [walk(n, active | {name}) for n in names]
+                found += max(options, key=lambda its: sum(weight(i) for i in its), default=[])
+            for callee in _CALLEES.findall(line):
+                found += walk(callee, active | {name})
+        memo[name] = found
+        return found
+
+    return walk(entry, frozenset())
+
+
 def parse_collectives_with_groups(hlo_text: str, n_devices: int) -> list[tuple[Collective, list[list[int]]]]:
     symbols = _symbols(hlo_text)
+    return _on_costliest_path(hlo_text, lambda lines: _collectives_in(lines, symbols, n_devices),
+                              weight=lambda item: item[0].wire_bytes)
+
+
+def _collectives_in(lines: list[str], symbols: dict[str, str], n_devices: int) -> list[tuple[Collective, list[list[int]]]]:
     found = []
-    for line in hlo_text.splitlines():
+    for line in lines:
         m = _INSTR.match(line)
         if not m:
             continue
@@ -183,8 +244,12 @@ def parse_collectives(hlo_text: str, n_devices: int) -> list[Collective]:
 
 def parse_sorts(hlo_text: str) -> list[SortOp]:
     symbols = _symbols(hlo_text)
+    return _on_costliest_path(hlo_text, lambda lines: _sorts_in(lines, symbols), weight=lambda op: op.hbm_bytes)
+
+
+def _sorts_in(lines: list[str], symbols: dict[str, str]) -> list[SortOp]:
     found = []
-    for line in hlo_text.splitlines():
+    for line in lines:
         m = _INSTR.match(line)
         if not m:
             continue
