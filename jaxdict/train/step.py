@@ -32,6 +32,92 @@ def remove_parallel_component(grad_dec: jax.Array, W_dec: jax.Array) -> jax.Arra
     return grad_dec - jnp.sum(grad_dec * unit, axis=-1, keepdims=True) * unit
 
 
+def _sparsity_coeff(state: TrainState, sae_cfg: SAEConfig, optim_cfg: OptimConfig) -> jax.Array:
+    """λ for this step: the run's coefficient times its warm-up multiplier."""
+    # The L0-target penalty starts at its target (θ₀ from the data), so it needs no warm-up.
+    uses_warmup = sae_cfg.arch == "relu_l1" or (sae_cfg.arch == "jumprelu" and sae_cfg.jumprelu_penalty != "l0_target")
+    return state.hparams["sparsity_coeff"] * (
+        sparsity_multiplier(state.step, optim_cfg) if uses_warmup else 1.0
+    )
+
+
+def _adjust_grads(grads: SAEParams, params: SAEParams, sae_cfg: SAEConfig, mesh: Mesh | None,
+                  fsdp: bool) -> SAEParams:
+    """The loss's gradients as the optimiser takes them: in the stored layout, with the part along
+    each unit decoder row removed and no gradient for BatchTopK's EMA threshold."""
+    if fsdp:
+        # Back to the stored layout: the data-parallel gradient sum becomes a reduce-scatter.
+        grads = jax.lax.with_sharding_constraint(grads, to_shardings(mesh, param_specs(sae_cfg, "fsdp")))
+    if sae_cfg.unit_norm_decoder:
+        grads = grads.replace(W_dec=remove_parallel_component(grads.W_dec, params.W_dec))
+    if sae_cfg.arch == "batchtopk":
+        # The inference threshold is an EMA statistic, not a trained parameter.
+        grads = grads.replace(threshold=jnp.zeros_like(grads.threshold))
+    return grads
+
+
+def _constrain_params(new_params: SAEParams, batch_threshold: jax.Array | None, sae_cfg: SAEConfig) -> SAEParams:
+    """After the optimiser update: renormalise decoder rows, move BatchTopK's threshold EMA, keep
+    JumpReLU's θ positive."""
+    if sae_cfg.unit_norm_decoder:
+        norms = jnp.linalg.norm(new_params.W_dec, axis=-1, keepdims=True)
+        new_params = new_params.replace(W_dec=new_params.W_dec / jnp.maximum(norms, 1e-12))
+    if sae_cfg.arch == "batchtopk":
+        decay = jnp.float32(sae_cfg.threshold_ema_decay)
+        old = new_params.threshold
+        # First batch seeds the EMA (θ = 0 means "not yet estimated"); a batch with no positive
+        # kept activation (batch_threshold = inf) leaves it as it was.
+        seen = jnp.isfinite(batch_threshold)
+        ema = jnp.where(old > 0, decay * old + (1.0 - decay) * batch_threshold, batch_threshold)
+        new_params = new_params.replace(threshold=jnp.where(seen, ema, old))
+    if sae_cfg.arch == "jumprelu":
+        # θ must stay positive: a non-positive threshold would let every negative z through H.
+        new_params = new_params.replace(threshold=jnp.maximum(new_params.threshold, 1e-6))
+    return new_params
+
+
+def _update_params(state: TrainState, grads: SAEParams, lr: jax.Array, finite: jax.Array,
+                   batch_threshold: jax.Array | None, sae_cfg: SAEConfig,
+                   optim_cfg: OptimConfig) -> tuple[SAEParams, Any]:
+    """The optimiser step, or no step at all where the loss or a gradient is non-finite."""
+    tx = make_transform(optim_cfg)
+
+    def apply_update(_):
+        # optax's Adam bias correction computes b1 ** count (float ** int32), which strict dtype
+        # promotion (our tests' setting) rejects; allow standard promotion inside optax only.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        updates = jax.tree.map(lambda u: -lr * u, updates)
+        if sae_cfg.arch == "jumprelu" and sae_cfg.jumprelu_penalty == "l0_target":
+            updates = updates.replace(threshold=updates.threshold * jnp.float32(sae_cfg.jumprelu_threshold_lr_scale))
+        new_params: SAEParams = optax.apply_updates(state.params, updates)
+        return _constrain_params(new_params, batch_threshold, sae_cfg), new_opt_state
+
+    def skip_update(_):
+        return state.params, state.opt_state
+
+    # A skipped (non-finite) step keeps params and optimiser state as they were. lax.cond rather
+    # than a jnp.where over every leaf: the select was an extra pass over 3×(d·F·2) floats, ~20 %
+    # of a ReLU-L1 step at d=640, F=16384 (under vmap it becomes that select again).
+    return jax.lax.cond(finite, apply_update, skip_update, None)
+
+
+def _advance_state(state: TrainState, new_params: SAEParams, new_opt_state: Any, fire_counts: jax.Array,
+                   n_tokens: int, finite: jax.Array) -> TrainState:
+    """The next state: new params, and the dead-latent and non-finite counters moved on."""
+    n_tokens = jnp.int32(n_tokens)
+    fired = fire_counts > 0
+    since = jnp.where(fired, 0, jnp.minimum(state.tokens_since_fired + n_tokens, _COUNTER_CAP))
+    return state.replace(
+        step=state.step + 1,
+        params=new_params,
+        opt_state=new_opt_state,
+        tokens_since_fired=jnp.where(finite, since, state.tokens_since_fired),
+        n_nonfinite=state.n_nonfinite + jnp.where(finite, 0, 1).astype(jnp.int32),
+        consecutive_nonfinite=jnp.where(finite, 0, state.consecutive_nonfinite + 1).astype(jnp.int32),
+    )
+
+
 def train_step(
     state: TrainState,
     batch: jax.Array,
@@ -46,83 +132,28 @@ def train_step(
     (jaxdict.train.mesh.SHARD_MODES); the loss always sees the parameters in the "model" layout.
     `n_dead_max` sizes AuxK's buffer (default: this state's dead count; a sweep passes the largest
     of its members')."""
-    tx = make_transform(optim_cfg)
     fsdp = shard == "fsdp" and mesh is not None
     params = state.params
     if fsdp:
         # FSDP: all-gather the stored 1/devices shards over `data` into the model-axis layout.
         params = jax.lax.with_sharding_constraint(params, to_shardings(mesh, param_specs(sae_cfg, "model")))
     x = batch.astype(jnp.float32) * state.input_scale
-    # The L0-target penalty starts at its target (θ₀ from the data), so it needs no warm-up.
-    uses_warmup = sae_cfg.arch == "relu_l1" or (sae_cfg.arch == "jumprelu" and sae_cfg.jumprelu_penalty != "l0_target")
-    sparsity = state.hparams["sparsity_coeff"] * (
-        sparsity_multiplier(state.step, optim_cfg) if uses_warmup else 1.0
-    )
+    sparsity = _sparsity_coeff(state, sae_cfg, optim_cfg)
     dead = state.tokens_since_fired >= sae_cfg.dead_tokens
 
     (loss, (out, parts)), grads = jax.value_and_grad(sae_loss, has_aux=True)(
         params, x, sae_cfg, mesh, sparsity_coeff=sparsity, dead=dead, step=state.step,
         n_dead_max=n_dead_max,
     )
-    if fsdp:
-        # Back to the stored layout: the data-parallel gradient sum becomes a reduce-scatter.
-        grads = jax.lax.with_sharding_constraint(grads, to_shardings(mesh, param_specs(sae_cfg, "fsdp")))
-    if sae_cfg.unit_norm_decoder:
-        grads = grads.replace(W_dec=remove_parallel_component(grads.W_dec, state.params.W_dec))
-    if sae_cfg.arch == "batchtopk":
-        # The inference threshold is an EMA statistic, not a trained parameter.
-        grads = grads.replace(threshold=jnp.zeros_like(grads.threshold))
+    grads = _adjust_grads(grads, state.params, sae_cfg, mesh, fsdp)
     grad_norm = optax.tree.norm(grads)
     # ‖g‖ is non-finite iff some gradient is (or their squares overflow, also worth skipping):
     # one reduction instead of a pass over every gradient.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     lr = state.hparams["lr"] * lr_multiplier(state.step, optim_cfg)
+    new_params, new_opt_state = _update_params(state, grads, lr, finite, out.batch_threshold, sae_cfg, optim_cfg)
+    new_state = _advance_state(state, new_params, new_opt_state, out.fire_counts, batch.shape[0], finite)
 
-    def apply_update(_):
-        # optax's Adam bias correction computes b1 ** count (float ** int32), which strict dtype
-        # promotion (our tests' setting) rejects; allow standard promotion inside optax only.
-        with jax.numpy_dtype_promotion("standard"):
-            updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-        updates = jax.tree.map(lambda u: -lr * u, updates)
-        if sae_cfg.arch == "jumprelu" and sae_cfg.jumprelu_penalty == "l0_target":
-            updates = updates.replace(threshold=updates.threshold * jnp.float32(sae_cfg.jumprelu_threshold_lr_scale))
-        new_params: SAEParams = optax.apply_updates(state.params, updates)
-        if sae_cfg.unit_norm_decoder:
-            norms = jnp.linalg.norm(new_params.W_dec, axis=-1, keepdims=True)
-            new_params = new_params.replace(W_dec=new_params.W_dec / jnp.maximum(norms, 1e-12))
-        if sae_cfg.arch == "batchtopk":
-            decay = jnp.float32(sae_cfg.threshold_ema_decay)
-            old = new_params.threshold
-            # First batch seeds the EMA (θ = 0 means "not yet estimated"); a batch with no positive
-            # kept activation (batch_threshold = inf) leaves it as it was.
-            seen = jnp.isfinite(out.batch_threshold)
-            ema = jnp.where(old > 0, decay * old + (1.0 - decay) * out.batch_threshold, out.batch_threshold)
-            new_params = new_params.replace(threshold=jnp.where(seen, ema, old))
-        if sae_cfg.arch == "jumprelu":
-            # θ must stay positive: a non-positive threshold would let every negative z through H.
-            new_params = new_params.replace(threshold=jnp.maximum(new_params.threshold, 1e-6))
-        return new_params, new_opt_state
-
-    def skip_update(_):
-        return state.params, state.opt_state
-
-    # A skipped (non-finite) step keeps params and optimiser state as they were. lax.cond rather
-    # than a jnp.where over every leaf: the select was an extra pass over 3×(d·F·2) floats, ~20 %
-    # of a ReLU-L1 step at d=640, F=16384 (under vmap it becomes that select again).
-    new_params, new_opt_state = jax.lax.cond(finite, apply_update, skip_update, None)
-
-    n_tokens = jnp.int32(batch.shape[0])
-    fired = out.fire_counts > 0
-    since = jnp.where(fired, 0, jnp.minimum(state.tokens_since_fired + n_tokens, _COUNTER_CAP))
-
-    new_state = state.replace(
-        step=state.step + 1,
-        params=new_params,
-        opt_state=new_opt_state,
-        tokens_since_fired=jnp.where(finite, since, state.tokens_since_fired),
-        n_nonfinite=state.n_nonfinite + jnp.where(finite, 0, 1).astype(jnp.int32),
-        consecutive_nonfinite=jnp.where(finite, 0, state.consecutive_nonfinite + 1).astype(jnp.int32),
-    )
     step_metrics = metric_defs.step_metrics(x, out, parts, loss, new_state.tokens_since_fired, sae_cfg)
     step_metrics.update(
         grad_norm=grad_norm,
