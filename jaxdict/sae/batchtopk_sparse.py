@@ -182,6 +182,108 @@ def _identity(a, *_, **__):
     return a
 
 
+class _BlockLayout(NamedTuple):
+    """The sizes one (data, model) block of the batch works with (the whole batch unsharded)."""
+
+    sharded: bool
+    local_rows: int
+    local_features: int
+    m_local: int  # candidates offered per row
+    slots: int  # capacity of the coordinate list, a multiple of `chunk`
+    chunk: int  # slots per scan step
+    overflow_rows: int  # rows that may be decoded densely beside the list
+
+
+def _block_layout(n_rows: int, n_features: int, k: int, mesh: Mesh | None, row_candidates: int | None,
+                  overflow_rows: int | None) -> _BlockLayout:
+    # At least k per row, so that the B·m candidates can hold the B·k winners at all.
+    m = min(n_features, max(row_candidates or 4 * k, k))
+    sharded = mesh is not None and mesh.size > 1
+    n_data = mesh.shape[DATA] if sharded else 1
+    n_model = mesh.shape[MODEL] if sharded else 1
+    local_rows, local_features = n_rows // n_data, n_features // n_model
+    m_local = min(m, local_features)
+    # Every slot is scanned, used or not: the capacity is the budget, not a bound to be generous with.
+    slots = local_rows * k if not sharded else math.ceil(SHARDED_CAPACITY_SLACK * local_rows * k / n_model)
+    slots = min(slots, local_rows * m_local)
+    chunk = local_rows
+    slots = -(-slots // chunk) * chunk
+    # Rows decoded densely beside the list: ~3 % of a dense step's matmuls at B/32.
+    overflow_rows = min(local_rows, max(overflow_rows or local_rows // 32, 1))
+    return _BlockLayout(sharded, local_rows, local_features, m_local, slots, chunk, overflow_rows)
+
+
+def _collectives(sharded: bool):
+    """(pmax over the whole mesh, psum over data, psum over model), or identities unsharded.
+
+    Under shard_map every collective runs (a size-1 axis costs nothing) so that values are typed
+    consistently: psum / pmax results are replicated, which the out_specs rely on."""
+    if not sharded:
+        return _identity, _identity, _identity
+
+    def pmax_all(a):
+        return lax.pmax(a, (DATA, MODEL))
+
+    def psum_data(a):
+        return lax.psum(a, DATA)
+
+    def psum_model(a):
+        return lax.psum(a, MODEL)
+
+    return pmax_all, psum_data, psum_model
+
+
+def _select(cand_values, cand_features, cutoff, layout: _BlockLayout, pmax_all) -> tuple[_Selection, Array]:
+    """Where this block's active entries go: the coordinate list, the dense overflow rows, or (if
+    any block cannot hold its share) the dense path for the whole batch. Also returns `listed`,
+    the [rows, candidates] mask of the entries in the list."""
+    local_rows, slots, overflow_rows = layout.local_rows, layout.slots, layout.overflow_rows
+    # A row's candidates hold all its active entries iff its last candidate is inactive (entries
+    # below it are no larger). Rows where it is active overflow: they are decoded densely.
+    active = _active(cand_values, cutoff)
+    if layout.m_local < layout.local_features:
+        overflowing = active[:, -1]
+    else:
+        overflowing = jnp.zeros((local_rows,), bool)
+    n_over = jnp.sum(overflowing, dtype=jnp.int32)
+    over_rows = jnp.nonzero(overflowing, size=overflow_rows, fill_value=0)[0].astype(jnp.int32)
+    over_valid = jnp.arange(overflow_rows) < n_over
+    listed = active & ~overflowing[:, None]
+    fits = (n_over <= overflow_rows) & (jnp.sum(listed, dtype=jnp.int32) <= slots)
+    sparse_ok = pmax_all(jnp.where(fits, 0, 1)) == 0
+    # Compact the listed entries, row-major, into the slots (the rest are dropped: slot index
+    # `slots` is out of range).
+    flat = listed.reshape(-1)
+    slot = jnp.where(flat, jnp.cumsum(flat, dtype=jnp.int32) - 1, slots)
+    row_ids = jnp.broadcast_to(jnp.arange(local_rows, dtype=jnp.int32)[:, None], listed.shape).reshape(-1)
+    sel = _Selection(
+        rows=jnp.zeros((slots,), jnp.int32).at[slot].set(row_ids, mode="drop"),
+        cols=jnp.zeros((slots,), jnp.int32).at[slot].set(cand_features.reshape(-1), mode="drop"),
+        valid=jnp.zeros((slots,), bool).at[slot].set(True, mode="drop"),
+        over_rows=over_rows,
+        over_valid=over_valid,
+        sparse_ok=sparse_ok,
+    )
+    return sel, listed
+
+
+def _firing_stats(z, cutoff, sel: _Selection, listed, n_features: int):
+    """Per-latent firing counts [F] and per-row L0 [B] of the block, from the list where it holds."""
+
+    def sparse_stats():
+        _, mask_over = _overflow_latents(z, cutoff, sel)
+        counts = jnp.zeros((n_features,), jnp.float32).at[sel.cols].add(sel.valid.astype(jnp.float32))
+        l0 = jnp.sum(listed, axis=1, dtype=jnp.float32).at[sel.over_rows].add(
+            jnp.sum(mask_over, axis=1, dtype=jnp.float32))
+        return counts + jnp.sum(mask_over, axis=0, dtype=jnp.float32), l0
+
+    def dense_stats():
+        mask = _active(z, cutoff)
+        return jnp.sum(mask, axis=0, dtype=jnp.float32), jnp.sum(mask, axis=1, dtype=jnp.float32)
+
+    return lax.cond(sel.sparse_ok, sparse_stats, dense_stats)
+
+
 def batchtopk_sparse(
     x_in: Float[Array, "B d"],
     W_enc: Float[Array, "d F"],
@@ -203,82 +305,20 @@ def batchtopk_sparse(
     """
     n_rows, n_features = z.shape
     n_keep = n_rows * k
-    # At least k per row, so that the B·m candidates can hold the B·k winners at all.
-    m = min(n_features, max(row_candidates or 4 * k, k))
-    sharded = mesh is not None and mesh.size > 1
-    n_data = mesh.shape[DATA] if sharded else 1
-    n_model = mesh.shape[MODEL] if sharded else 1
-    local_rows, local_features = n_rows // n_data, n_features // n_model
-    m_local = min(m, local_features)
-    # Every slot is scanned, used or not: the capacity is the budget, not a bound to be generous with.
-    slots = local_rows * k if not sharded else math.ceil(SHARDED_CAPACITY_SLACK * local_rows * k / n_model)
-    slots = min(slots, local_rows * m_local)
-    chunk = local_rows
-    slots = -(-slots // chunk) * chunk
-    # Rows decoded densely beside the list: ~3 % of a dense step's matmuls at B/32.
-    overflow_rows = min(local_rows, max(overflow_rows or local_rows // 32, 1))
-
-    # Under shard_map every collective runs (a size-1 axis costs nothing) so that values are typed
-    # consistently: psum / pmax results are replicated, which the out_specs rely on.
-    if sharded:
-        def pmax_all(a):
-            return lax.pmax(a, (DATA, MODEL))
-
-        def psum_data(a):
-            return lax.psum(a, DATA)
-
-        def psum_model(a):
-            return lax.psum(a, MODEL)
-    else:
-        pmax_all = psum_data = psum_model = _identity
+    layout = _block_layout(n_rows, n_features, k, mesh, row_candidates, overflow_rows)
+    sharded = layout.sharded
+    pmax_all, psum_data, psum_model = _collectives(sharded)
 
     def local(x_block, W_enc_block, b_enc_block, W_dec_block, z_block):
         z_stop = lax.stop_gradient(z_block)
-        cand_values, cand_features = top_k(z_stop, m_local)
-        cutoff = cutoff_from_candidates(z_stop, cand_values, n_keep, overflow_rows, (DATA, MODEL) if sharded else ())
-
-        # A row's candidates hold all its active entries iff its last candidate is inactive (entries
-        # below it are no larger). Rows where it is active overflow: they are decoded densely.
-        active = _active(cand_values, cutoff)
-        if m_local < local_features:
-            overflowing = active[:, -1]
-        else:
-            overflowing = jnp.zeros((local_rows,), bool)
-        n_over = jnp.sum(overflowing, dtype=jnp.int32)
-        over_rows = jnp.nonzero(overflowing, size=overflow_rows, fill_value=0)[0].astype(jnp.int32)
-        over_valid = jnp.arange(overflow_rows) < n_over
-        listed = active & ~overflowing[:, None]
-        fits = (n_over <= overflow_rows) & (jnp.sum(listed, dtype=jnp.int32) <= slots)
-        sparse_ok = pmax_all(jnp.where(fits, 0, 1)) == 0
-        # Compact the listed entries, row-major, into the slots (the rest are dropped: slot index
-        # `slots` is out of range).
-        flat = listed.reshape(-1)
-        slot = jnp.where(flat, jnp.cumsum(flat, dtype=jnp.int32) - 1, slots)
-        row_ids = jnp.broadcast_to(jnp.arange(local_rows, dtype=jnp.int32)[:, None], listed.shape).reshape(-1)
-        sel = _Selection(
-            rows=jnp.zeros((slots,), jnp.int32).at[slot].set(row_ids, mode="drop"),
-            cols=jnp.zeros((slots,), jnp.int32).at[slot].set(cand_features.reshape(-1), mode="drop"),
-            valid=jnp.zeros((slots,), bool).at[slot].set(True, mode="drop"),
-            over_rows=over_rows,
-            over_valid=over_valid,
-            sparse_ok=sparse_ok,
-        )
-        x_hat = _decode_local(compute_dtype, chunk, x_block, W_enc_block, b_enc_block, W_dec_block, z_stop, cutoff,
-                              sel)
-
-        def sparse_stats():
-            _, mask_over = _overflow_latents(z_stop, cutoff, sel)
-            counts = jnp.zeros((local_features,), jnp.float32).at[sel.cols].add(sel.valid.astype(jnp.float32))
-            l0 = jnp.sum(listed, axis=1, dtype=jnp.float32).at[over_rows].add(
-                jnp.sum(mask_over, axis=1, dtype=jnp.float32))
-            return counts + jnp.sum(mask_over, axis=0, dtype=jnp.float32), l0
-
-        def dense_stats():
-            mask = _active(z_stop, cutoff)
-            return jnp.sum(mask, axis=0, dtype=jnp.float32), jnp.sum(mask, axis=1, dtype=jnp.float32)
-
-        counts, l0 = lax.cond(sparse_ok, sparse_stats, dense_stats)
-        return psum_model(x_hat), psum_data(counts), psum_model(l0), cutoff, ~sparse_ok
+        cand_values, cand_features = top_k(z_stop, layout.m_local)
+        cutoff = cutoff_from_candidates(z_stop, cand_values, n_keep, layout.overflow_rows,
+                                        (DATA, MODEL) if sharded else ())
+        sel, listed = _select(cand_values, cand_features, cutoff, layout, pmax_all)
+        x_hat = _decode_local(compute_dtype, layout.chunk, x_block, W_enc_block, b_enc_block, W_dec_block, z_stop,
+                              cutoff, sel)
+        counts, l0 = _firing_stats(z_stop, cutoff, sel, listed, layout.local_features)
+        return psum_model(x_hat), psum_data(counts), psum_model(l0), cutoff, ~sel.sparse_ok
 
     if not sharded:
         return BatchTopKOutput(*local(x_in, W_enc, b_enc, W_dec, z))
