@@ -133,26 +133,8 @@ def fit_sweep(
     Returns:
       the dictionary written to fit.json.
     """
-    if bootstrap < 0:
-        raise ScalingInputError(f"--bootstrap must be ≥ 0 resamples, got {bootstrap}")
-    if holdout_top < 0:
-        raise ScalingInputError(f"--holdout-top must be ≥ 0 runs, got {holdout_top}")
-    table: ResultsTable = load_results_table(table_path, metric=metric, compute=compute, where=where)
+    table, c, loss, attrs = _load_sweep(table_path, metric, compute, where, bootstrap, holdout_top)
     runs = table.included
-    if not runs:
-        raise ScalingInputError(
-            f"too few points to fit: all {len(table.runs)} runs of {str(table.source)!r} are excluded "
-            f"({'; '.join(f'{r.name}: {r.excluded_reason}' for r in table.excluded[:10])}); "
-            f"the fit needs at least {MIN_POINTS_SATURATING} frontier runs"
-        )
-    c = np.array([table.compute(r) for r in runs], dtype=np.float64)
-    loss = np.array([r.loss for r in runs], dtype=np.float64)
-    attrs = {
-        "n_features": np.array([r.n_features for r in runs], dtype=np.float64),
-        "steps": np.array([r.steps for r in runs], dtype=np.float64),
-        "tokens": np.array([r.tokens for r in runs], dtype=np.float64),
-        "lr": np.array([r.lr for r in runs], dtype=np.float64),
-    }
     frontier = compute_optimal_frontier(c, loss)
     _check_enough_frontier(c[frontier], len(runs), len(table.excluded), holdout_top)
     fc, fl = c[frontier], loss[frontier]
@@ -171,12 +153,7 @@ def fit_sweep(
         for j, p in enumerate(extrapolation["points"]):
             p["name"] = runs[int(frontier[len(frontier) - holdout_top + j])].name
 
-    fits: dict[str, Any] = {"loss": _law_json(loss_fit, "L", samples["loss"] if samples else None)}
-    for key, sym in allocation.items():
-        fits[key] = _law_json(alloc_fits[key], sym, samples[key] if samples else None)
-    if not lr_varies:
-        fits["lr"] = None
-
+    fits = _fits_json(loss_fit, alloc_fits, allocation, samples, lr_varies)
     result: dict[str, Any] = {
         "source": str(table.source),
         "metric": metric,
@@ -200,6 +177,44 @@ def fit_sweep(
     write_json_atomic(out / "fit.json", result, allow_nan=False)
     write_report(out / "report.md", result)
     return result
+
+
+def _load_sweep(table_path: str | Path, metric: str, compute: str, where: Mapping[str, str] | None,
+                bootstrap: int, holdout_top: int) -> tuple[ResultsTable, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The results table after checking the fit's arguments, with the included runs' compute, loss
+    and allocation attributes as float64 arrays."""
+    if bootstrap < 0:
+        raise ScalingInputError(f"--bootstrap must be ≥ 0 resamples, got {bootstrap}")
+    if holdout_top < 0:
+        raise ScalingInputError(f"--holdout-top must be ≥ 0 runs, got {holdout_top}")
+    table: ResultsTable = load_results_table(table_path, metric=metric, compute=compute, where=where)
+    runs = table.included
+    if not runs:
+        raise ScalingInputError(
+            f"too few points to fit: all {len(table.runs)} runs of {str(table.source)!r} are excluded "
+            f"({'; '.join(f'{r.name}: {r.excluded_reason}' for r in table.excluded[:10])}); "
+            f"the fit needs at least {MIN_POINTS_SATURATING} frontier runs"
+        )
+    c = np.array([table.compute(r) for r in runs], dtype=np.float64)
+    loss = np.array([r.loss for r in runs], dtype=np.float64)
+    attrs = {
+        "n_features": np.array([r.n_features for r in runs], dtype=np.float64),
+        "steps": np.array([r.steps for r in runs], dtype=np.float64),
+        "tokens": np.array([r.tokens for r in runs], dtype=np.float64),
+        "lr": np.array([r.lr for r in runs], dtype=np.float64),
+    }
+    return table, c, loss, attrs
+
+
+def _fits_json(loss_fit, alloc_fits: dict, allocation: dict[str, str],
+               samples: dict[str, dict[str, np.ndarray]] | None, lr_varies: bool) -> dict[str, Any]:
+    """fit.json's "fits": L(C) and each allocation law, with bootstrap intervals where sampled."""
+    fits: dict[str, Any] = {"loss": _law_json(loss_fit, "L", samples["loss"] if samples else None)}
+    for key, sym in allocation.items():
+        fits[key] = _law_json(alloc_fits[key], sym, samples[key] if samples else None)
+    if not lr_varies:
+        fits["lr"] = None
+    return fits
 
 
 def _bootstrap_samples(fc: np.ndarray, fl: np.ndarray, frontier_attrs: dict[str, np.ndarray], bootstrap: int,
