@@ -66,8 +66,6 @@ def _parse_mesh(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import jax
-
     if args.what == "loader":
         from jaxdict.bench import loader
 
@@ -91,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "train":
         return _bench_train(args)
 
+    return _bench_step(args)
+
+
+def _bench_step(args: argparse.Namespace) -> int:
+    import jax
+
     from jaxdict.bench.step import run_step_suite
 
     unknown = [a for a in args.archs.split(",") if a not in _ARCHS]
@@ -100,30 +104,8 @@ def run(args: argparse.Namespace) -> int:
     trained = None
     d_in, n_features, k = args.d_in, args.features, args.k
     if args.from_run:
-        from jaxdict.sae.io import load_run
-
-        from jaxdict.sae.params import fold_input_scale
-
-        sae = load_run(args.from_run)
-        # load_run folds the input scale into the weights (raw units); the train step wants them as
-        # trained, on x · input_scale (its unit-norm decoder and Adam step assume that scale).
-        scale = sae.extra["input_scale"]
-        trained = (sae.cfg.arch, fold_input_scale(sae.params, 1.0 / scale), scale)
-        d_in, n_features, k = sae.cfg.d_in, sae.cfg.n_features, sae.cfg.k
-        print(f"from run: {args.from_run} step {sae.step} ({sae.cfg.arch}, d_in={sae.cfg.d_in}, "
-              f"F={sae.cfg.n_features}, k={sae.cfg.k})")
-    batch = None
-    if args.store:
-        from jaxdict.store.reader import open_store
-
-        store = open_store(args.store)
-        store.check_compatible(d_in)
-        stop = args.store_offset + args.batch_size
-        if args.store_offset < 0 or stop > store.n_rows:
-            raise ValueError(f"--store-offset {args.store_offset}: the store has {store.n_rows} rows, "
-                             f"a batch needs {args.batch_size} from there")
-        batch = store.read(args.store_offset, stop)
-        print(f"batch: rows {args.store_offset}..{stop} of {args.store}")
+        trained, (d_in, n_features, k) = _trained_from_run(args.from_run)
+    batch = _store_batch(args, d_in) if args.store else None
     print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} "
           f"device(s), jax {jax.__version__}, python {sys.version.split()[0]}")
     print(f"shape: d_in={d_in} F={n_features} B={args.batch_size} k={k} dtype={args.dtype} mesh={args.mesh}")
@@ -132,21 +114,59 @@ def run(args: argparse.Namespace) -> int:
                             mesh_shape=_parse_mesh(args.mesh), batch=batch, trained=trained,
                             dead_frac=args.dead_frac)
     if args.saelens:
-        from jaxdict.bench.saelens import measure_saelens_step, saelens_available
-
-        if not saelens_available():
-            raise ValueError("--saelens needs sae-lens and torch: pip install 'jaxdict[saelens]'")
-        result["saelens"] = []
-        ours = {(r["arch"], r["decode"]): r for r in result["steps"]}
-        for arch, decode in (("relu_l1", "dense"), ("topk", "sparse")):
-            theirs = measure_saelens_step(arch, d_in, n_features, args.batch_size, k=k, iters=args.iters)
-            result["saelens"].append(theirs)
-            mine = ours.get((arch, decode))
-            ratio = f"  jaxdict/SAELens = {mine['tokens_per_s'] / theirs['tokens_per_s']:.2f}x" if mine else ""
-            print(f"SAELens {arch:8s} {theirs['tokens_per_s']:9.0f} tok/s ({theirs['library']}, torch "
-                  f"{theirs['torch']}, {theirs['threads']} threads){ratio}")
+        result["saelens"] = _saelens_steps(result["steps"], d_in, n_features, args.batch_size, k, args.iters)
     _write_json(args.json, result)
     return 0
+
+
+def _trained_from_run(run_dir: str):
+    """(arch, params as trained, input scale) of a run's latest checkpoint, and its (d_in, F, k)."""
+    from jaxdict.sae.io import load_run
+
+    from jaxdict.sae.params import fold_input_scale
+
+    sae = load_run(run_dir)
+    # load_run folds the input scale into the weights (raw units); the train step wants them as
+    # trained, on x · input_scale (its unit-norm decoder and Adam step assume that scale).
+    scale = sae.extra["input_scale"]
+    trained = (sae.cfg.arch, fold_input_scale(sae.params, 1.0 / scale), scale)
+    print(f"from run: {run_dir} step {sae.step} ({sae.cfg.arch}, d_in={sae.cfg.d_in}, "
+          f"F={sae.cfg.n_features}, k={sae.cfg.k})")
+    return trained, (sae.cfg.d_in, sae.cfg.n_features, sae.cfg.k)
+
+
+def _store_batch(args: argparse.Namespace, d_in: int):
+    """B rows of --store from --store-offset on."""
+    from jaxdict.store.reader import open_store
+
+    store = open_store(args.store)
+    store.check_compatible(d_in)
+    stop = args.store_offset + args.batch_size
+    if args.store_offset < 0 or stop > store.n_rows:
+        raise ValueError(f"--store-offset {args.store_offset}: the store has {store.n_rows} rows, "
+                         f"a batch needs {args.batch_size} from there")
+    batch = store.read(args.store_offset, stop)
+    print(f"batch: rows {args.store_offset}..{stop} of {args.store}")
+    return batch
+
+
+def _saelens_steps(ours_rows: list[dict], d_in: int, n_features: int, batch_size: int, k: int,
+                   iters: int) -> list[dict]:
+    """SAELens's train step at the same shapes, printed beside our tokens/s."""
+    from jaxdict.bench.saelens import measure_saelens_step, saelens_available
+
+    if not saelens_available():
+        raise ValueError("--saelens needs sae-lens and torch: pip install 'jaxdict[saelens]'")
+    rows = []
+    ours = {(r["arch"], r["decode"]): r for r in ours_rows}
+    for arch, decode in (("relu_l1", "dense"), ("topk", "sparse")):
+        theirs = measure_saelens_step(arch, d_in, n_features, batch_size, k=k, iters=iters)
+        rows.append(theirs)
+        mine = ours.get((arch, decode))
+        ratio = f"  jaxdict/SAELens = {mine['tokens_per_s'] / theirs['tokens_per_s']:.2f}x" if mine else ""
+        print(f"SAELens {arch:8s} {theirs['tokens_per_s']:9.0f} tok/s ({theirs['library']}, torch "
+              f"{theirs['torch']}, {theirs['threads']} threads){ratio}")
+    return rows
 
 
 def _write_json(path: Path | None, result) -> None:
