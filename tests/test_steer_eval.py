@@ -156,3 +156,17 @@ def test_baselines_by_hand(tmp_path):
     with_p, without = pref(list(p.prompt_ids[:1]) + list(prefix) + list(p.prompt_ids[1:])), pref(list(p.prompt_ids))
     got = M.behaviour(lm, [p], None, methods["prompting"].prefix_ids)[0] - M.behaviour(lm, [p])[0]
     assert got == pytest.approx((with_p[0] - with_p[1]) - (without[0] - without[1]), abs=2e-4)
+
+
+def test_operating_point_must_move_dev_the_right_way():
+    from jaxdict.evaluate.steer_eval import best_point, verdict
+
+    points = [{"strength": 2.0, "kl": 0.22, "dev_mean_shift": -1.16},   # within KL, wrong way on dev
+              {"strength": 8.0, "kl": 4.95, "dev_mean_shift": 12.6},    # right way, over the KL budget
+              {"strength": -4.0, "kl": 0.1, "dev_mean_shift": 3.0}]     # suppression: never the operating point
+    assert best_point(points, select_kl=0.5) is None
+    v = verdict(None, n_test_kinds=5, select_kl=0.5)
+    assert not v["concept_feature"] and "right way" in v["reason"]
+    points.append({"strength": 4.0, "kl": 0.4, "dev_mean_shift": 0.3})
+    assert best_point(points, select_kl=0.5)["strength"] == 4.0
+    assert best_point([{"strength": None, "kl": 0.1, "dev_mean_shift": -0.3}], select_kl=0.5) is None  # prompting

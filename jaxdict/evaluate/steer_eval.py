@@ -57,8 +57,12 @@ def completion_examples(prompts: Sequence[Prompt], which: str) -> list[Example]:
 
 
 def best_point(points: Sequence[dict[str, Any]], select_kl: float) -> dict[str, Any] | None:
-    """The point with the largest mean dev shift among strengths > 0 (or prompting) at KL ≤ select_kl."""
-    ok = [p for p in points if (p["strength"] is None or p["strength"] > 0) and p["kl"] <= select_kl]
+    """The point with the largest mean dev shift among strengths > 0 (or prompting) at KL ≤ select_kl
+    whose dev shift is positive. A strength that moves dev the wrong way is no operating point: the
+    demo SAE's first run chose one (dev shift −1.16 nat, the only candidate within the KL budget) and
+    then reported its test shift as if it steered."""
+    ok = [p for p in points if (p["strength"] is None or p["strength"] > 0) and p["kl"] <= select_kl
+          and p["dev_mean_shift"] > 0]
     return max(ok, key=lambda p: p["dev_mean_shift"]) if ok else None
 
 
@@ -151,7 +155,7 @@ def verdict(chosen: dict[str, Any] | None, n_test_kinds: int, select_kl: float) 
     need = math.ceil(n_test_kinds / 2)
     if chosen is None:
         return {"concept_feature": False, "kinds_moved": 0, "kinds_needed": need,
-                "reason": f"no strength of the chosen feature stays within KL {select_kl} nat"}
+                "reason": f"no strength of the chosen feature moves dev the right way within KL {select_kl} nat"}
     moved = chosen["test"]["kinds_moved"]
     return {"concept_feature": bool(moved >= need and chosen["kl"] <= select_kl), "kinds_moved": moved,
             "kinds_needed": need, "kl": chosen["kl"], "strength": chosen["strength"]}
