@@ -190,7 +190,7 @@ def run_steer_eval(lm, sae: SAE, suite: Suite, settings: Settings, log: Callable
             if p["generations"] is None:
                 add_generations(lm, sae, method, p, suite, settings)
         results.append({**method.describe(), "points": points,
-                        "chosen_strength": None if op is None else op["strength"],
+                        "chosen_strength": None if op is None else op["strength"], "operating_point": op is not None,
                         "matched_kl": matched_kl(points, settings.kl_budgets, 1.0),
                         "matched_kl_suppression": matched_kl(points, settings.kl_budgets, -1.0)})
     clamp = results[0]

@@ -48,11 +48,14 @@ def _method_table(result: dict[str, Any]) -> list[str]:
              + " | ".join(f"shift @KL {b}" for b in budgets) + " |",
              "|---|---|---|---|---|---|---|---|" + "---|" * len(budgets)]
     for m in result["methods"]:
-        op = next((p for p in m["points"] if p["strength"] == m["chosen_strength"]), None)
+        # Prompting's one point has strength None, as has "no operating point": hence the flag.
+        op = next((p for p in m["points"] if p["strength"] == m["chosen_strength"]), None) \
+            if m.get("operating_point", True) else None
         name = m["name"] + (f" #{m['feature']}" if "feature" in m else "")
         mk = " | ".join(_f(m["matched_kl"][b]) for b in budgets)
         if op is None:
-            lines.append(f"| {name} | none within KL {result['settings']['select_kl']} | | | | | | | {mk} |")
+            lines.append(f"| {name} | none moves dev the right way within KL {result['settings']['select_kl']} "
+                         f"| | | | | | | {mk} |")
             continue
         t = op["test"]
         lines.append(f"| {name} | {_f(op['strength'], 'g')} | {op['kl']:.3f} | {t['mean_shift']:+.3f} | "
@@ -81,10 +84,7 @@ def markdown(result: dict[str, Any], png_name: str = "steer_eval.png", dashboard
            f"SAE: {result['sae']['arch']} F={result['sae']['n_features']} at {result['sae']['hook']} "
            f"(step {result['sae']['step']}). Dev kinds (choices): {', '.join(s['dev_kinds'])}. Test kinds "
            f"(report): {', '.join(s['test_kinds'])}. {s['n_dev']} dev / {s['n_test']} test prompts.", "",
-           "## Verdict", "",
-           f"Feature {link}, chosen on dev at c = {_f(sel['strength'], 'g')}, moves {v['kinds_moved']} of "
-           f"{len(s['test_kinds'])} test kinds the right way (needed: {v['kinds_needed']}) at KL "
-           f"{_f(v.get('kl'), '.3f')} nat: **{concept}**.", "",
+           "## Verdict", "", _verdict_line(v, sel, link, concept, len(s["test_kinds"])), "",
            "## Methods at their dev-chosen strength, and at matched KL (test split)", ""]
     out += _method_table(result)
     out += ["", f"![behaviour vs KL]({png_name})", "",
@@ -115,6 +115,15 @@ def markdown(result: dict[str, Any], png_name: str = "steer_eval.png", dashboard
         out += [f"### {m['name']}" + (f" #{m['feature']}" if "feature" in m else ""), ""] + _sweep_table(m) + [""]
     out += _before_after(result)
     return "\n".join(out) + "\n"
+
+
+def _verdict_line(v: dict[str, Any], sel: dict[str, Any], link: str, concept: str, n_test_kinds: int) -> str:
+    if "reason" in v:  # no operating point: say so rather than quote a strength nobody chose
+        return (f"Feature {link}, the dev search's pick (its sweep is below): {v['reason']}. "
+                f"**No steering feature found**; {concept}.")
+    return (f"Feature {link}, chosen on dev at c = {_f(sel['strength'], 'g')}, moves {v['kinds_moved']} of "
+            f"{n_test_kinds} test kinds the right way (needed: {v['kinds_needed']}) at KL "
+            f"{_f(v.get('kl'), '.3f')} nat: **{concept}**.")
 
 
 def _before_after(result: dict[str, Any]) -> list[str]:
