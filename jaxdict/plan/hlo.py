@@ -210,12 +210,17 @@ def parse_collectives_with_groups(hlo_text: str, n_devices: int) -> list[tuple[C
                               weight=lambda item: item[0].wire_bytes)
 
 
-def _collectives_in(lines: list[str], symbols: dict[str, str], n_devices: int) -> list[tuple[Collective, list[list[int]]]]:
-    found = []
+def _instructions(lines: list[str]):
+    """The _INSTR match of each instruction line."""
     for line in lines:
         m = _INSTR.match(line)
-        if not m:
-            continue
+        if m:
+            yield m
+
+
+def _collectives_in(lines: list[str], symbols: dict[str, str], n_devices: int) -> list[tuple[Collective, list[list[int]]]]:
+    found = []
+    for m in _instructions(lines):
         op = m.group("op")
         base = op[:-6] if op.endswith("-start") else op
         if base not in COLLECTIVES:
@@ -249,10 +254,7 @@ def parse_sorts(hlo_text: str) -> list[SortOp]:
 
 def _sorts_in(lines: list[str], symbols: dict[str, str]) -> list[SortOp]:
     found = []
-    for line in lines:
-        m = _INSTR.match(line)
-        if not m:
-            continue
+    for m in _instructions(lines):
         op, rest = m.group("op"), m.group("rest")
         if op == "custom-call":
             target = re.search(r'custom_call_target="([^"]+)"', rest)
