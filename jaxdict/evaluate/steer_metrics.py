@@ -20,21 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdict.evaluate.spliced import pad_windows
 from jaxdict.lm import model as lm_model
 
 
-def _bucket(n: int, quantum: int = 16) -> int:
-    return -(-n // quantum) * quantum
-
-
-def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    S = _bucket(max(len(r) for r in rows))
-    ids = np.full((len(rows), S), pad_id, np.int32)
-    mask = np.zeros((len(rows), S), bool)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = r
-        mask[i, :len(r)] = True
-    return ids, mask
+# Sequence lengths are padded to a multiple of this (fewer compiles); steering prompts are short,
+# so a finer bucket than the 32 of evaluation windows pads less.
+_PAD_QUANTUM = 16
 
 
 def final_hidden(lm, ids: np.ndarray, mask: np.ndarray, edits) -> jax.Array:
@@ -59,7 +51,7 @@ def completion_logprobs(lm, contexts: Sequence[Sequence[int]], completions: Sequ
     out = np.zeros(len(contexts), np.float64)
     for b in range(0, len(contexts), batch_size):
         ctx, comp = contexts[b:b + batch_size], completions[b:b + batch_size]
-        ids, mask = _pad([list(c) + list(t) for c, t in zip(ctx, comp)], lm.tokenizer.pad_id)
+        ids, mask = pad_windows([list(c) + list(t) for c, t in zip(ctx, comp)], lm.tokenizer.pad_id, _PAD_QUANTUM)
         hidden = final_hidden(lm, ids, mask, edits)
         rows, cols, targets, owner = [], [], [], []
         for i, (c, t) in enumerate(zip(ctx, comp)):
@@ -82,10 +74,10 @@ def neutral_kl(lm, neutral_ids: Sequence[int], edits=None, prefix_ids: Sequence[
     """
     neutral_ids = list(neutral_ids)
     S = len(neutral_ids)
-    ids, mask = _pad([neutral_ids], lm.tokenizer.pad_id)
+    ids, mask = pad_windows([neutral_ids], lm.tokenizer.pad_id, _PAD_QUANTUM)
     base = _log_softmax_at(lm.params, final_hidden(lm, ids, mask, None)[0, 1:S], config=lm.config)
     steered_row = neutral_ids[:1] + list(prefix_ids) + neutral_ids[1:]
-    ids, mask = _pad([steered_row], lm.tokenizer.pad_id)
+    ids, mask = pad_windows([steered_row], lm.tokenizer.pad_id, _PAD_QUANTUM)
     off = len(prefix_ids)
     steered = _log_softmax_at(lm.params, final_hidden(lm, ids, mask, edits)[0, 1 + off:S + off], config=lm.config)
     kl = jnp.sum(jnp.exp(base) * (base - steered), axis=-1)
@@ -100,7 +92,7 @@ def greedy_generate(lm, prompts: Sequence[Sequence[int]], max_new_tokens: int, e
         seqs = [list(p) for p in prompts[b:b + batch_size]]
         new: list[list[int]] = [[] for _ in seqs]
         for _ in range(max_new_tokens):
-            ids, mask = _pad(seqs, lm.tokenizer.pad_id)
+            ids, mask = pad_windows(seqs, lm.tokenizer.pad_id, _PAD_QUANTUM)
             hidden = final_hidden(lm, ids, mask, edits)
             last = _select(hidden, np.arange(len(seqs)), np.asarray([len(s) - 1 for s in seqs]))
             nxt = np.asarray(jnp.argmax(_log_softmax_at(lm.params, last, config=lm.config), axis=-1))
