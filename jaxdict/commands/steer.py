@@ -32,28 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Bad input raises ValueError / FileNotFoundError; jaxdict.cli turns it into one line, exit 1."""
-    import numpy as np
-
-    import jaxdict.lm
-    from jaxdict.evaluate import heldout
-    from jaxdict.evaluate.steering import check_prompt, steer_prompt
+    from jaxdict.evaluate.steering import check_prompt, load_for_steering, steer_prompt
     from jaxdict.evaluate.steering_report import steering_html, steering_table
-    from jaxdict.sae.io import load_sae
 
-    sae = load_sae(args.run, args.step)
-    for i in args.feature:
-        sae.check_feature(i)
-    if args.max_activations is not None:
-        path = Path(args.max_activations)
-        if path.is_dir():
-            path = path / "max_activations.npy"
-        if not path.is_file():
-            raise FileNotFoundError(f"no max activations at {path} (run `jaxdict features RUN --out DIR` first)")
-        sae = sae.with_max_activations(np.load(path))
-    if sae.max_activations is None:
-        raise ValueError("no max activations known for this SAE: run `jaxdict features RUN --out DIR` and "
-                         "pass --max-activations DIR")
-    lm = jaxdict.lm.load(heldout.resolve_model(sae, args.model))
+    sae, lm = load_for_steering(args.run, args.step, args.max_activations, args.model, args.feature)
     for p in args.prompt:  # refuse bad prompts before any generation
         check_prompt(lm, lm.tokenizer.encode(p), args.max_new_tokens)
     results = [steer_prompt(lm, sae, p, args.feature, args.strength, args.max_new_tokens,

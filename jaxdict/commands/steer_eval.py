@@ -42,43 +42,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="language model (default: the SAE's)")
 
 
-def load_sae_with_max(path: str, step: int | None, max_activations: str | None):
-    """The SAE with its max activations (from --max-activations or stored with it)."""
-    import numpy as np
-
-    from jaxdict.sae.io import load_sae
-
-    sae = load_sae(path, step)
-    if max_activations is not None:
-        p = Path(max_activations)
-        p = p / "max_activations.npy" if p.is_dir() else p
-        if not p.is_file():
-            raise FileNotFoundError(f"no max activations at {p} (run `jaxdict features RUN --out DIR` first)")
-        sae = sae.with_max_activations(np.load(p))
-    if sae.max_activations is None:
-        raise ValueError("no max activations known for this SAE: run `jaxdict features RUN --out DIR` and "
-                         "pass --max-activations DIR")
-    return sae
-
-
 def run(args: argparse.Namespace) -> int:
     """Bad input raises ValueError / FileNotFoundError; jaxdict.cli turns it into one line, exit 1."""
-    import jaxdict.lm
     from jaxdict.evaluate.steer_eval import Settings, run_steer_eval
     from jaxdict.evaluate.steer_eval_report import write_outputs
     from jaxdict.evaluate.steer_suite import load_suite
+    from jaxdict.evaluate.steering import load_for_steering
 
     settings = Settings(strengths=tuple(args.strength), kl_budgets=tuple(args.kl_budget), select_kl=args.select_kl,
                         n_candidates=args.candidates, max_new_tokens=args.max_new_tokens, seed=args.seed,
                         feature=args.feature, generate_all=args.generate_all)
-    sae = load_sae_with_max(args.sae, args.step, args.max_activations)
-    if args.feature is not None:
-        sae.check_feature(args.feature)
-    model = args.model or sae.model
-    if model is None:
-        raise ValueError("the SAE does not name its model; pass --model")
-    sae.check_compatible(model, None, "--model")
-    lm = jaxdict.lm.load(model)
+    sae, lm = load_for_steering(args.sae, args.step, args.max_activations, args.model,
+                                [args.feature] if args.feature is not None else [])
     suite = load_suite(args.suite, lm.tokenizer, lm.config.max_context, args.boundary, args.max_new_tokens)
     result = run_steer_eval(lm, sae, suite, settings)
     result["sae"]["source"] = str(args.sae)

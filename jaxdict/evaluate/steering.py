@@ -160,3 +160,29 @@ def steer_prompt(lm, sae: SAE, prompt: str, features: Sequence[int], strengths: 
             "baseline": {"text": tok.decode(baseline), "ids": baseline,
                          "readback": _readback(lm, sae, ids + baseline, len(ids), features)},
             "steered": runs}
+
+
+def load_for_steering(run: str, step: int | None, max_activations: str | None, model: str | None,
+                      features: Sequence[int] = ()):
+    """(SAE, language model) to steer with: the SAE with its max activations (from `max_activations`,
+    a .npy file or a `jaxdict features` folder, else stored with the SAE), `features` checked to be
+    its own, and the model `model` or the SAE's, checked against the one it was trained on."""
+    from pathlib import Path
+
+    import jaxdict.lm
+    from jaxdict.evaluate.heldout import resolve_model
+    from jaxdict.sae.io import load_sae
+
+    sae = load_sae(run, step)
+    for i in features:
+        sae.check_feature(i)
+    if max_activations is not None:
+        path = Path(max_activations)
+        path = path / "max_activations.npy" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"no max activations at {path} (run `jaxdict features RUN --out DIR` first)")
+        sae = sae.with_max_activations(np.load(path))
+    if sae.max_activations is None:
+        raise ValueError("no max activations known for this SAE: run `jaxdict features RUN --out DIR` and "
+                         "pass --max-activations DIR")
+    return sae, jaxdict.lm.load(resolve_model(sae, model))
