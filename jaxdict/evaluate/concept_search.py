@@ -117,3 +117,18 @@ def rank_features(pos: np.ndarray, neg: np.ndarray, top: int = 20) -> list[dict[
     return [{"feature": int(i), "auroc": float(au[i]), "mean_diff": float(diff[i]),
              "precision_top": float(prec[i]), "mean_pos": float(pos[:, i].mean()),
              "mean_neg": float(neg[:, i].mean())} for i in order]
+
+
+def read_examples(path: str | None) -> list[str]:
+    """The example texts of a file of one JSON string per line ([] for no file)."""
+    from jaxdict.evaluate.json_lines import read_json_lines
+
+    return [] if path is None else [text for _, _, text in read_json_lines(path, str)]
+
+
+def suite_examples(name: str, tokenizer, max_context: int) -> tuple[list[str], list[str]]:
+    """A steering suite's dev prompts as (prompt+[[target]] positives, prompt+[[alternative]] negatives)."""
+    from jaxdict.evaluate.steer_suite import load_suite
+
+    dev = load_suite(name, tokenizer, max_context).split("dev")
+    return ([p.prompt + "[[" + p.target + "]]" for p in dev], [p.prompt + "[[" + p.alternative + "]]" for p in dev])

@@ -20,11 +20,12 @@ joint tokenisation differs from that, naming its line.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from jaxdict.evaluate.json_lines import read_json_lines
 
 BUILTIN = ("unsafe-code", "deprecation")
 BOUNDARIES = ("follow", "refuse")
@@ -83,16 +84,6 @@ def suite_path(name_or_path: str) -> Path:
     return path
 
 
-def _record(raw: str, where: str) -> dict[str, Any]:
-    try:
-        rec = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise SuiteError(f"{where}: not valid JSON ({err.msg})") from None
-    if not isinstance(rec, dict):
-        raise SuiteError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-    return rec
-
-
 def _check_prompt(rec: dict[str, Any], where: str) -> None:
     missing = [k for k in _REQUIRED if k not in rec]
     if missing:
@@ -142,15 +133,10 @@ def load_suite(name_or_path: str, tokenizer, max_context: int, boundary: str = "
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary {boundary!r}; valid: {', '.join(BOUNDARIES)}")
     path = suite_path(name_or_path)
-    lines = path.read_text(encoding="utf-8").splitlines()
     header: dict[str, Any] = {}
     prompts = []
     kind_split: dict[str, tuple[str, int]] = {}
-    for n, raw in enumerate(lines, start=1):
-        where = f"{path}:{n}"
-        if not raw.strip():
-            continue
-        rec = _record(raw, where)
+    for n, where, rec in read_json_lines(path, dict, SuiteError):
         if "suite" in rec:
             if header or prompts:
                 raise SuiteError(f"{where}: a header (an object with 'suite') may only be the first line")
