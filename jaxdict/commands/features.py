@@ -6,8 +6,6 @@ dashboard (index.html + features/*.html) and, with --search, search.json.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,66 +31,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Bad input raises ValueError / FileNotFoundError; jaxdict.cli turns it into one line, exit 1."""
+    from jaxdict.evaluate.feature_dashboard import build_feature_dashboard
+
+    result = build_feature_dashboard(
+        args.run, args.out, step=args.step, store=args.store, split=args.split, eval_fraction=args.eval_fraction,
+        tokens=args.tokens, features=args.features, pages=args.pages, n_top=args.n_top, search=args.search,
+        model=args.model, seed=args.seed, progress=not args.no_progress)
+    print_summary(result)
+    return 0
+
+
+def print_summary(result) -> None:
+    """The scan's dead count, the first pages and the search hits, as `jaxdict features` prints them."""
     import numpy as np
-    from tqdm import tqdm
 
-    import jaxdict.lm
-    from jaxdict.evaluate import heldout
-    from jaxdict.evaluate.dashboard import write_dashboard
-    from jaxdict.evaluate.explorer import scan_features, search_text
-    from jaxdict.evaluate.feature_pages import feature_pages, index_rows
-    from jaxdict.sae.io import load_sae
-
-    if args.tokens < 1 or args.pages < 0 or args.n_top < 1:
-        raise ValueError(f"--tokens ({args.tokens}) and --n-top ({args.n_top}) must be >= 1, "
-                         f"--pages ({args.pages}) >= 0")
-    sae = load_sae(args.run, args.step)
-    eval_fraction = heldout.resolve_eval_fraction(sae, args.eval_fraction)
-    chosen = [sae.check_feature(i) for i in args.features] if args.features else None
-    store = heldout.open_sae_store(sae, args.store, args.run)
-    store_path, meta_info = store.path, store.metadata
-    model = heldout.resolve_model(sae, args.model, meta_info)
-
-    ranges = heldout.split_ranges(store, args.split, eval_fraction, max_rows=args.tokens)
-    n = sum(b - a for a, b in ranges)
-    if n == 0:
-        raise ValueError(f"store {store_path} has no rows in split {args.split!r}")
-    bar = tqdm(total=n, unit="tok", unit_scale=True, desc="features", disable=args.no_progress)
-    parts = []
-    for x in heldout.iter_activation_batches(store, ranges, 4096):
-        parts.append(np.asarray(x, np.float32))
-        bar.update(len(x))
-    bar.close()
-    x_all = np.concatenate(parts)
-    meta = heldout.read_meta_ranges(store, ranges)
-    scan = scan_features(sae, (x_all[i:i + 4096] for i in range(0, n, 4096)), n_top=args.n_top, seed=args.seed)
-    sae = sae.with_max_activations(scan.max_act)
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "max_activations.npy", scan.max_act.astype(np.float32))
-    np.savez(out / "feature_stats.npz", max_act=scan.max_act, density=scan.density,
-             mean_active=scan.mean_active, fire_count=scan.fire_count, n_tokens=scan.n_tokens)
-    if chosen is None:
-        chosen = [int(i) for i in np.flatnonzero(scan.fire_count > 0)[: args.pages]]
-    lm = jaxdict.lm.load(model)
-    pages = feature_pages(sae, lm, scan, x_all, meta, chosen)
-    title = f"{Path(args.run).name} · {sae.hook} · {sae.cfg.arch} F={sae.n_features}"
-    info = {"model": model, "hook": sae.hook, "step": sae.step, "tokens": scan.n_tokens,
-            "dead": int(np.sum(scan.fire_count == 0)), "store": store_path}
-    index = write_dashboard(out, index_rows(scan, pages), pages, title, info)
-    (out / "features.json").write_text(json.dumps({"info": info, "features": pages}))
-    print(f"scanned {scan.n_tokens:,} tokens: {int(np.sum(scan.fire_count == 0))} of {sae.n_features} "
-          f"features never fired; dashboard {index} ({len(pages)} feature pages)")
+    scan, pages = result.scan, result.pages
+    print(f"scanned {scan.n_tokens:,} tokens: {int(np.sum(scan.fire_count == 0))} of {result.sae.n_features} "
+          f"features never fired; dashboard {result.index} ({len(pages)} feature pages)")
     for p in pages[:10]:
         promoted = " ".join(repr(t) for t, _ in p["promoted"][:6])
         print(f"  #{p['feature']:<6} max {p['max_act']:<8.3g} density {p['density']:<9.3g} promotes {promoted}")
-    if args.search:
-        results = [search_text(lm, sae, text) for text in args.search]
-        (out / "search.json").write_text(json.dumps(results, indent=1))
-        for r in results:
-            print(f"features most active on {r['text']!r}:")
-            for f in r["features"][:10]:
-                frac = f"{f['frac_of_max']:.2f} of max" if f["frac_of_max"] is not None else ""
-                print(f"  #{f['feature']:<6} {f['max']:.3f} {frac}")
-    return 0
+    for r in result.search:
+        print(f"features most active on {r['text']!r}:")
+        for f in r["features"][:10]:
+            frac = f"{f['frac_of_max']:.2f} of max" if f["frac_of_max"] is not None else ""
+            print(f"  #{f['feature']:<6} {f['max']:.3f} {frac}")

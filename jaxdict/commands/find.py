@@ -31,30 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="language model (default: the SAE's)")
 
 
-def _read_examples(path: str | None) -> list[str]:
-    if path is None:
-        return []
-    out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            text = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: not a JSON string ({err.msg}); write one JSON string per line") from None
-        if not isinstance(text, str):
-            raise ValueError(f"{path}:{n}: expected a JSON string, got {type(text).__name__}")
-        out.append(text)
-    return out
-
-
-def _suite_examples(name: str, tokenizer, max_context: int) -> tuple[list[str], list[str]]:
-    from jaxdict.evaluate.steer_suite import load_suite
-
-    dev = load_suite(name, tokenizer, max_context).split("dev")
-    return ([p.prompt + "[[" + p.target + "]]" for p in dev], [p.prompt + "[[" + p.alternative + "]]" for p in dev])
-
-
 def markdown(hits: list[dict], n_pos: int, n_neg: int, pages: bool) -> str:
     lines = [f"# Concept search: {n_pos} positive, {n_neg} negative examples", "",
              "| rank | feature | AUROC | mean diff | precision top | mean pos | mean neg |", "|---|---|---|---|---|---|---|"]
@@ -68,23 +44,27 @@ def markdown(hits: list[dict], n_pos: int, n_neg: int, pages: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     """Bad input raises ValueError / FileNotFoundError; jaxdict.cli turns it into one line, exit 1."""
     import jaxdict.lm
-    from jaxdict.commands import features as features_cmd
-    from jaxdict.evaluate.concept_search import example_scores, make_example, rank_features
+    from jaxdict.commands.features import print_summary
+    from jaxdict.evaluate.concept_search import (
+        example_scores,
+        make_example,
+        rank_features,
+        read_examples,
+        suite_examples,
+    )
     from jaxdict.evaluate.dashboard import page_name
+    from jaxdict.evaluate.feature_dashboard import build_feature_dashboard
+    from jaxdict.evaluate.heldout import resolve_model
     from jaxdict.sae.io import load_sae
 
     if args.top < 1:
         raise ValueError(f"--top must be >= 1, got {args.top}")
     sae = load_sae(args.run, args.step)
-    model = args.model or sae.model
-    if model is None:
-        raise ValueError("the SAE does not name its model; pass --model")
-    sae.check_compatible(model, None, "--model")
-    lm = jaxdict.lm.load(model)
-    pos = args.positive + _read_examples(args.positive_file)
-    neg = args.negative + _read_examples(args.negative_file)
+    lm = jaxdict.lm.load(resolve_model(sae, args.model))
+    pos = args.positive + read_examples(args.positive_file)
+    neg = args.negative + read_examples(args.negative_file)
     if args.suite:
-        sp, sn = _suite_examples(args.suite, lm.tokenizer, lm.config.max_context)
+        sp, sn = suite_examples(args.suite, lm.tokenizer, lm.config.max_context)
         pos, neg = pos + sp, neg + sn
     if not pos or not neg:
         raise ValueError(f"need positive and negative examples (got {len(pos)} and {len(neg)}); pass --positive/"
@@ -98,14 +78,9 @@ def run(args: argparse.Namespace) -> int:
     for h in hits:
         h["page"] = f"dashboard/features/{page_name(h['feature'])}"
     if not args.no_dashboard:
-        p = argparse.ArgumentParser()
-        features_cmd.add_arguments(p)
-        argv = [args.run, "--out", str(out / "dashboard"), "--tokens", str(args.tokens), "--no-progress",
-                "--features", *[str(h["feature"]) for h in hits]]
-        argv += ["--store", args.store] if args.store else []
-        argv += ["--step", str(args.step)] if args.step is not None else []
-        argv += ["--model", args.model] if args.model else []
-        features_cmd.run(p.parse_args(argv))
+        print_summary(build_feature_dashboard(args.run, out / "dashboard", step=args.step, store=args.store,
+                                              tokens=args.tokens, features=[h["feature"] for h in hits],
+                                              model=args.model, progress=False))
     (out / "find.json").write_text(json.dumps({"positives": pos, "negatives": neg, "features": hits}, indent=1))
     (out / "find.md").write_text(markdown(hits, len(pos), len(neg), not args.no_dashboard), encoding="utf-8")
     for r, h in enumerate(hits[:10], start=1):
