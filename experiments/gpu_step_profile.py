@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import jax  # noqa: E402
 from base import BASE, derive  # noqa: E402
 
-from jaxdict.plan.hlo import _computations, shape_bytes  # noqa: E402
+from jaxdict.plan.hlo import computations, shape_bytes  # noqa: E402
 from jaxdict.plan.train_plan import lower_train_step  # noqa: E402
 
 _LINE = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+(fusion|custom-call|dot|convolution|sort|copy|transpose)\(")
@@ -35,7 +35,7 @@ def profile(arch: str, a: argparse.Namespace) -> str:
         Path(a.out, f"step_{arch}.hlo.txt").write_text(text)
     # The entry computation's instructions are the buffers the step materialises (a fusion's inner
     # instructions are not); a conditional's branches (TopK's AuxK switch) are not walked.
-    comps, entry = _computations(text)
+    comps, entry = computations(text)
     big = []
     for line in comps[entry]:
         m = _LINE.match(line)

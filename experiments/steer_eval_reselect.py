@@ -37,6 +37,8 @@ def main() -> None:
     p.add_argument("--dashboard", default=None)
     a = p.parse_args()
     path = Path(a.out) / "steer_eval.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist: give a `jaxdict steer-eval --out` folder")
     result = reselect(json.loads(path.read_text()))
     path.write_text(json.dumps(result, indent=1))
     for written in write_outputs(result, Path(a.out), a.dashboard):

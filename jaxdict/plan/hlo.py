@@ -156,7 +156,7 @@ _BRANCHES = re.compile(r"\b(?:branch_computations=\{([^}]*)\}|true_computation=%
                        r"false_computation=%?([\w.\-]+))")
 
 
-def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str | None]:
+def computations(hlo_text: str) -> tuple[dict[str, list[str]], str | None]:
     """Computation name -> its instruction lines, and the entry computation's name (None when the
     text is a bare list of instructions)."""
     comps: dict[str, list[str]] = {}
@@ -178,7 +178,7 @@ def _on_costliest_path(hlo_text: str, items_in, weight) -> list:
     """items_in(lines) over the computations the entry reaches through calls, taking at each
     conditional only its branch of largest total weight. A computation called from several sites
     counts at each."""
-    comps, entry = _computations(hlo_text)
+    comps, entry = computations(hlo_text)
     if entry is None:
         return items_in(hlo_text.splitlines())
     memo: dict[str, list] = {}
