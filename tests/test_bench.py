@@ -139,3 +139,33 @@ def test_bench_from_a_trained_run_on_store_rows(tmp_path, devices):
          "--store-offset", "4090", "--batch-size", "64", "--archs", "relu_l1"], capture_output=True, text=True,
         timeout=600)
     assert too_far.returncode != 0 and "the store has 4096 rows" in too_far.stderr
+
+
+def test_machine_info_names_the_cpu_and_its_gemm_instruction_sets(tmp_path):
+    from jaxdict.bench.gemm import machine_info
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n"
+                       "flags\t\t: fpu sse2 avx avx2 fma avx512f avx512_bf16 amx_tile amx_bf16\n\n"
+                       "processor\t: 1\nmodel name\t: second core, not read\n")
+    info = machine_info(str(cpuinfo))
+    assert info["cpu"] == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"
+    assert info["isa"] == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
+    assert machine_info(str(tmp_path / "absent"))["isa"] == []
+
+
+def test_gemm_suite_times_every_candidate_at_every_shape(devices):
+    from jaxdict.bench.gemm import run_gemm_suite
+
+    lines = []
+    result = run_gemm_suite(batch_size=32, d_in=16, n_features=64, rounds=2, square=48, log=lines.append)
+    assert list(result["shapes"]) == ["encoder [B,d]x[d,F]", "decoder [B,F]x[F,d]", "square"]
+    assert (result["shapes"]["encoder [B,d]x[d,F]"]["m"], result["shapes"]["decoder [B,F]x[F,d]"]["k"]) == (32, 64)
+    for shape in result["shapes"].values():
+        cands = shape["candidates"]
+        # torch is installed wherever the SAELens tests run (CI installs the saelens extra)
+        assert set(cands) == {"xla fp32", "xla fp32 donated output", "xla bf16", "numpy fp32", "numpy fp32 out=",
+                              "torch fp32", "torch fp32 out=", "torch bf16"}
+        for row in cands.values():
+            assert 0 < row["gflops_worst"] <= row["gflops_median"] <= row["gflops_best"]
+    assert result["machine"]["cpu"] and len(lines) == 1 + 3 * (1 + 8)

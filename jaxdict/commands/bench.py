@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", nargs="?", default="step", choices=["step", "steady", "train", "loader", "harvest"],
+    parser.add_argument("what", nargs="?", default="step", choices=["step", "steady", "train", "gemm", "loader", "harvest"],
                         help="what to measure (default: step). steady: the TopK step with dead latents (AuxK "
                              "on) against the same step without AuxK, on one device, a 2x4 mesh and a sweep "
                              "axis of 4, alternating; train: whole runs, jaxdict train beside SAELens's "
-                             "SAETrainer.fit on --store (needs --saelens)")
+                             "SAETrainer.fit on --store (needs --saelens); gemm: the step's GEMM shapes in XLA beside "
+                             "numpy's and torch's BLAS, fresh output against a reused buffer, with the CPU "
+                             "model and instruction set")
     parser.add_argument("--d-in", type=int, default=640, help="input width (Gemma 3 270M: 640)")
     parser.add_argument("--features", type=int, default=16384, help="dictionary size F")
     parser.add_argument("--batch-size", type=int, default=4096, help="tokens per step B")
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "of the sparse paths")
     parser.add_argument("--dead-frac", type=float, default=0.05,
                         help="step/steady: share of latents kept dead for the steady-state rows (0 skips them)")
-    parser.add_argument("--rounds", type=int, default=7, help="steady: alternating timed rounds")
+    parser.add_argument("--rounds", type=int, default=7, help="steady, gemm: alternating timed rounds")
     parser.add_argument("--steps", type=int, default=1000, help="train: optimiser steps of each run")
     parser.add_argument("--lr", type=float, default=5e-4, help="train: Adam learning rate (both runs)")
     parser.add_argument("--dead-steps", type=int, default=100, help="train: dead window in steps (both runs)")
@@ -88,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.what == "train":
         return _bench_train(args)
+    if args.what == "gemm":
+        from jaxdict.bench.gemm import run_gemm_suite
+
+        _write_json(args.json, run_gemm_suite(batch_size=args.batch_size, d_in=args.d_in,
+                                              n_features=args.features, rounds=args.rounds))
+        return 0
 
     return _bench_step(args)
 
@@ -95,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
 def _bench_step(args: argparse.Namespace) -> int:
     import jax
 
+    from jaxdict.bench.gemm import machine_info
     from jaxdict.bench.step import run_step_suite
 
     unknown = [a for a in args.archs.split(",") if a not in _ARCHS]
@@ -106,13 +114,15 @@ def _bench_step(args: argparse.Namespace) -> int:
     if args.from_run:
         trained, (d_in, n_features, k) = _trained_from_run(args.from_run)
     batch = _store_batch(args, d_in) if args.store else None
-    print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} "
-          f"device(s), jax {jax.__version__}, python {sys.version.split()[0]}")
+    cpu = machine_info()
+    print(f"machine: {cpu['cpu']} ({' '.join(cpu['isa'])}), allocator {cpu['allocator']}, {jax.device_count()} "
+          f"{jax.default_backend()} device(s), jax {jax.__version__}, python {sys.version.split()[0]}")
     print(f"shape: d_in={d_in} F={n_features} B={args.batch_size} k={k} dtype={args.dtype} mesh={args.mesh}")
     result = run_step_suite(d_in=d_in, n_features=n_features, batch_size=args.batch_size, k=k,
                             compute_dtype=args.dtype, archs=archs, iters=args.iters,
                             mesh_shape=_parse_mesh(args.mesh), batch=batch, trained=trained,
                             dead_frac=args.dead_frac)
+    result["machine"] = cpu
     if args.saelens:
         result["saelens"] = _saelens_steps(result["steps"], d_in, n_features, args.batch_size, k, args.iters)
     _write_json(args.json, result)
