@@ -14,7 +14,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests compile the same program (one step config over several meshes, the CLI run twice, a
 # resumed run): JAX's persistent compilation cache, in a directory fresh for each pytest session,
 # compiles each such program once. Set as environment variables so that the CLI subprocesses the
-# tests start share it. Compiles under 0.5 s are not worth the disk write.
+# tests start, and the parallel workers (README's `-n` test command), share it. Compiles under
+# 0.5 s are not worth the disk write.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     import atexit
     import shutil
@@ -24,6 +25,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    # pytest-xdist's workers inherit this environment from the controller, so they share the
+    # cache. Without a size limit JAX writes entries without a lock, and one worker can read
+    # another's half-written entry; with a limit (far above what the suite writes) it takes a
+    # file lock around every read and write (jax/_src/lru_cache.py).
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 << 30))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
