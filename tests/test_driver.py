@@ -212,3 +212,27 @@ def test_group_resumes_from_the_step_every_member_has(tmp_path):
     results = train_group(members, dirs, log=messages.append)
     assert messages == ["resuming a, b from step 10"] and all(r.step == 20 for r in results)
     assert ckpt.all_steps(dirs[0]) == ckpt.all_steps(dirs[1]) == [10, 20]
+
+
+def test_jumprelu_resume_keeps_the_derived_scales_it_started_with(tmp_path):
+    """θ₀, ε and the penalty coefficient are measured on the first batch when a run starts. Measured
+    again on resume they can differ in the last bits (another BLAS, another jaxdict); the resumed run
+    must take the saved values, not refuse its own folder as a different config."""
+    cfg = tiny(arch="jumprelu", steps=20)
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "cut", callback=crash_at(13))
+    config_file = tmp_path / "cut" / "config.json"
+    saved = json.loads(config_file.read_text())
+    measured = {f: saved["sae"][f] for f in ("jumprelu_bandwidth", "jumprelu_init_threshold", "l0_coeff")}
+    assert all(v is not None and v > 0 for v in measured.values()), measured
+    # What a measurement on another machine might have written: the same numbers, 1e-12 apart.
+    nudged = {f: v * (1 + 1e-12) for f, v in measured.items()}
+    saved["sae"].update(nudged)
+    config_file.write_text(json.dumps(saved))
+    resumed = train(cfg, tmp_path / "cut")
+    assert resumed.finished and resumed.step == 20
+    after = json.loads(config_file.read_text())["sae"]
+    assert {f: after[f] for f in nudged} == nudged
+    # A changed target is still a different run: refused, naming the field.
+    with pytest.raises(RunDirConflict, match="target_l0"):
+        train(dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, target_l0=8)), tmp_path / "cut")

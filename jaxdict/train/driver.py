@@ -32,7 +32,7 @@ from jaxdict.train.heldout import HeldoutEval
 from jaxdict.train.mesh import make_mesh
 from jaxdict.train.metrics_log import MetricsLog, Progress, read_metrics
 from jaxdict.train.run_setup import (RESULT_FILE, DataSources, derive_from_data, initial_b_dec, open_sources,
-                                     prepare_run_dir, read_json, resolve, write_result)
+                                     prepare_run_dir, read_json, resolve, reuse_derived, write_result)
 from jaxdict.train.state import TrainState, load_or_init_state
 from jaxdict.train.step_builder import BuiltStep, build_train_step
 
@@ -154,8 +154,9 @@ def setup_group(cfgs: list[RunConfig], run_dirs: list[str] | None, *, force: boo
     sources = sources or open_sources(base)
     if sources.train.d_in != base.sae.d_in:
         raise ConfigError(f"data has d_in={sources.train.d_in} but sae.d_in = {base.sae.d_in}")
-    # JumpReLU's ε, θ₀ and penalty scale come from the first batch; the step is built with them.
-    cfgs = derive_from_data(cfgs, sources)
+    # JumpReLU's ε, θ₀ and penalty scale come from the first batch (or, on resume, from the run's
+    # saved config unless --force starts it over); the step is built with them.
+    cfgs = derive_from_data(cfgs if force else reuse_derived(cfgs, run_dirs), sources)
     base = cfgs[0]
     built = build_train_step(base, mesh, sweep_size=len(cfgs) if len(cfgs) > 1 else None)
     resolved = [resolve(c, sources, d) for c, d in zip(cfgs, run_dirs)]

@@ -98,6 +98,27 @@ def initial_b_dec(cfg: RunConfig, sources: DataSources) -> np.ndarray | None:
     return np.asarray(sources.data_mean(cfg.data.scale_rows) * sources.input_scale, np.float32)
 
 
+# The JumpReLU fields derive_from_data measures when they are left unset.
+DERIVED_SAE_FIELDS = ("jumprelu_bandwidth", "jumprelu_init_threshold", "l0_coeff")
+
+
+def reuse_derived(cfgs: list[RunConfig], run_dirs: list[str]) -> list[RunConfig]:
+    """The derived JumpReLU fields a run being resumed measured when it started, for the fields this
+    config leaves unset. Measuring them again gives values that can differ in the last bits (another
+    BLAS thread count, another jaxdict version's reduction order), which would make the resumed run's
+    config differ from its saved one and refuse to resume; one shared compiled step also needs one
+    value for every member, so the first member's folder decides."""
+    import dataclasses
+
+    saved = read_json(Path(run_dirs[0]) / CONFIG_FILE) if run_dirs else None
+    saved_sae = (saved or {}).get("sae") or {}
+    if cfgs[0].sae.arch != "jumprelu" or saved_sae.get("arch") != "jumprelu":
+        return cfgs
+    fill = {f: saved_sae[f] for f in DERIVED_SAE_FIELDS
+            if getattr(cfgs[0].sae, f) is None and saved_sae.get(f) is not None}
+    return [dataclasses.replace(c, sae=dataclasses.replace(c.sae, **fill)) for c in cfgs] if fill else cfgs
+
+
 def derive_from_data(cfgs: list[RunConfig], sources: DataSources) -> list[RunConfig]:
     """Fill the JumpReLU scales left unset (ε, θ₀, the penalty coefficient) from the first batch of
     training rows at initialisation (jaxdict/sae/jumprelu_recipe.py). One measurement, with the first
@@ -110,7 +131,7 @@ def derive_from_data(cfgs: list[RunConfig], sources: DataSources) -> list[RunCon
     from jaxdict.sae.params import init_params
 
     sae = cfgs[0].sae
-    unset = (sae.jumprelu_bandwidth, sae.jumprelu_init_threshold, sae.l0_coeff)
+    unset = tuple(getattr(sae, f) for f in DERIVED_SAE_FIELDS)
     if sae.arch != "jumprelu" or None not in unset:
         return cfgs
     n_rows = min(sources.train.n_rows, max(cfgs[0].data.batch_size, 1024), 8192)
