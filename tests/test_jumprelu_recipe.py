@@ -96,7 +96,7 @@ def test_whole_loss_threshold_gradient_matches_formula():
     np.testing.assert_allclose(grads.threshold, mse_term + penalty_term + pre_act_term, rtol=2e-4, atol=1e-6)
 
 
-def test_derived_scales_put_initial_l0_at_the_target():
+def test_derived_scales_start_dense_with_theta_at_the_kernel_width():
     rng = np.random.default_rng(0)
     d, F, T = 16, 256, 8.0
     x = rng.normal(size=(2048, d)) * 3.0 + 5.0
@@ -106,8 +106,10 @@ def test_derived_scales_put_initial_l0_at_the_target():
     stats = jumprelu_recipe.measure_preacts(cfg, W_enc, b_dec, x)
     derived = jumprelu_recipe.derive_config(cfg, stats)
     z = (x - b_dec) @ W_enc
-    assert np.mean(np.sum(z > derived.jumprelu_init_threshold, axis=1)) == pytest.approx(T, rel=0.02)
     assert derived.jumprelu_bandwidth == pytest.approx(0.1 * np.std(z), rel=1e-6)
+    # θ₀ = ε (Gemma Scope's θ₀ = ε): a dense start, about half the latents fire on each row
+    assert derived.jumprelu_init_threshold == derived.jumprelu_bandwidth
+    assert 0.4 * F < np.mean(np.sum(z > derived.jumprelu_init_threshold, axis=1)) < 0.5 * F
     # E‖x − μ‖² = 9·d for this data; the coefficient is 10× that.
     assert derived.l0_coeff == pytest.approx(10 * 9.0 * d, rel=0.05)
     # Explicit values are kept.

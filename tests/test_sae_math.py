@@ -107,12 +107,12 @@ RECOVERY = {
     "batchtopk": (SAEConfig(arch="batchtopk", d_in=32, n_features=128, k=3, dead_tokens=6400), 0.90),
     "jumprelu_l0": (SAEConfig(arch="jumprelu", d_in=32, n_features=128, jumprelu_penalty="l0", l0_coeff=1.0,
                               jumprelu_bandwidth=0.1, jumprelu_init_threshold=0.1), 0.95),
-    # The recipe's only knob, the L0 target (the planted data has ~3 active per token). It holds L0 at
-    # 2.9-3.1 but recovers 0.91-0.94 here (θ lr ×1-×30, c = 0.3-10·variance, θ₀ at 1-10× the target
-    # all measured below 0.95): a known gap of the recipe (issue 14), not a tolerance to loosen.
+    # The recipe's only knob, the L0 target (the planted data has ~3 active per token). With θ
+    # started where L0 = T and a ×30 θ lr (the previous recipe) it recovered 0.91-0.94 here; the
+    # dense start (θ₀ = ε, θ lr ×1) recovers 0.985 (issue 14).
     "jumprelu": (SAEConfig(arch="jumprelu", d_in=32, n_features=128, target_l0=3.0), 0.95),
 }
-KNOWN_GAPS = {"jumprelu": "the L0-target recipe recovers 0.91-0.94 < 0.95 (issue 14)"}
+KNOWN_GAPS: dict[str, str] = {}  # architecture -> reason, run as a strict xfail
 
 
 @pytest.mark.slow
