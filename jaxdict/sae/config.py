@@ -40,6 +40,10 @@ class SAEConfig:
       topk      keep the k largest pre-activations (Gao et al. 2024), AuxK on dead latents
       batchtopk keep the B·k largest over the batch (Bussmann et al. 2024); JumpReLU at inference
       jumprelu  f = z·H(z−θ), L0 (or tanh) penalty, straight-through estimator (Rajamanoharan et al.)
+
+    matryoshka_prefixes (TopK, BatchTopK): train a Matryoshka SAE (Bussmann et al. 2025; Nabeshima
+    2024), whose reconstruction loss is the mean over prefixes m of the MSE of the reconstruction
+    from latents [0, m) alone, the selected latents truncated to each prefix (sae/matryoshka.py).
     """
 
     arch: str = "topk"
@@ -94,6 +98,9 @@ class SAEConfig:
     decode: DecodeMode = "auto"
     # Compute dtype of the matmuls; parameters and optimiser state stay float32.
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    # Matryoshka prefix sizes, strictly increasing, the last = n_features (e.g. (512, 1024, 2048,
+    # 4096)). None: one reconstruction loss over all latents, as before this field existed.
+    matryoshka_prefixes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
@@ -115,6 +122,15 @@ class SAEConfig:
             )
         if self.decode not in ("auto", "dense", "sparse"):
             raise ConfigError(f"SAEConfig.decode = {self.decode!r}; valid: auto, dense, sparse")
+        if self.matryoshka_prefixes is not None:
+            # JSON (config.json, an export's cfg.json) gives a list; the config must stay hashable
+            # (it is a static argument of jitted functions).
+            object.__setattr__(self, "matryoshka_prefixes", check_matryoshka_prefixes(self))
+        if self.matryoshka_prefixes is not None and self.arch == "batchtopk" and self.decode == "sparse":
+            raise ConfigError(
+                "SAEConfig.decode = 'sparse' with matryoshka_prefixes and arch 'batchtopk': the sparse BatchTopK "
+                "decoder (sae/batchtopk_sparse.py) returns one reconstruction, not one per prefix; use "
+                "decode='auto' or 'dense' (a Matryoshka BatchTopK decodes densely)")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"SAEConfig.compute_dtype = {self.compute_dtype!r}; valid: float32, bfloat16")
         if self.jumprelu_penalty not in ("l0_target", "l0", "tanh"):
@@ -158,6 +174,11 @@ class SAEConfig:
         """Whether TopK / BatchTopK decoding gathers the active decoder rows instead of a dense matmul."""
         if self.arch not in ("topk", "batchtopk") or self.decode == "dense":
             return False
+        if self.arch == "batchtopk" and self.matryoshka_prefixes is not None:
+            # The sparse BatchTopK decoder's custom VJP yields only the full reconstruction; the
+            # prefix blocks are decoded densely (sae/matryoshka.py). TopK's sparse path masks its
+            # [B, k] index list per block instead.
+            return False
         if self.decode == "sparse":
             return True
         # Sparse costs grow with k (per-row top-k, gathers and scatters), dense ones with F. Measured
@@ -172,3 +193,28 @@ class SAEConfig:
     def unit_norm_decoder(self) -> bool:
         """ReLU-L1 keeps the decoder norm inside its penalty (Anthropic April 2024); others fix it."""
         return self.arch != "relu_l1"
+
+
+def check_matryoshka_prefixes(cfg: SAEConfig) -> tuple[int, ...]:
+    """cfg.matryoshka_prefixes as a tuple of ints, or ConfigError naming the bad value."""
+    prefixes = cfg.matryoshka_prefixes
+    where = f"SAEConfig.matryoshka_prefixes = {prefixes!r}"
+    if cfg.arch not in ("topk", "batchtopk"):
+        raise ConfigError(f"{where} with arch {cfg.arch!r}; Matryoshka prefixes need arch topk or batchtopk "
+                          "(or matryoshka_prefixes=None)")
+    if isinstance(prefixes, (str, bytes)) or not hasattr(prefixes, "__iter__"):
+        raise ConfigError(f"{where}; give a sequence of prefix sizes, e.g. (512, 1024, {cfg.n_features})")
+    values = tuple(prefixes)
+    if not values:
+        raise ConfigError(f"{where} is empty; give at least one prefix size (the last = n_features "
+                          f"{cfg.n_features}) or None")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where}: {value!r} is not a positive integer")
+    for before, after in zip(values, values[1:]):
+        if after <= before:
+            raise ConfigError(f"{where}: {after} follows {before}; prefix sizes must be strictly increasing")
+    if values[-1] != cfg.n_features:
+        raise ConfigError(f"{where}: the last prefix is {values[-1]}, but must be n_features = {cfg.n_features} "
+                          "(the whole dictionary)")
+    return values

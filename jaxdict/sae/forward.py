@@ -13,7 +13,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, Float, Int
 
-from jaxdict.sae import jumprelu_recipe, sharded_ops
+from jaxdict.sae import jumprelu_recipe, matryoshka, sharded_ops
 from jaxdict.sae.batchtopk_sparse import batchtopk_sparse
 from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.jumprelu import jumprelu
@@ -30,7 +30,9 @@ class ForwardOutput:
     batch_threshold: BatchTopK's smallest positive kept activation in this batch (inf if none; 0 for
     other architectures), the statistic its inference threshold averages.
     decode_fallback: 1 when sparse BatchTopK ran the dense maths for this batch, else 0 (None
-    elsewhere). `sae_loss` for ReLU-L1 returns x_hat and fire_counts only (pre_acts, latents and
+    elsewhere). prefix_x_hat: a Matryoshka SAE's reconstructions [P, B, d] from the latents below each
+    of cfg.matryoshka_prefixes (the last equals x_hat), None without prefixes.
+    `sae_loss` for ReLU-L1 returns x_hat and fire_counts only (pre_acts, latents and
     l0 None: its fused step never materialises them; see sae/relu_l1.py) — call `forward` for them.
     """
 
@@ -43,6 +45,7 @@ class ForwardOutput:
     l0: Float[Array, " B"]
     batch_threshold: Float[Array, ""]
     decode_fallback: Optional[Float[Array, ""]] = None
+    prefix_x_hat: Optional[Float[Array, "P B d"]] = None
 
 
 def constrain_sharding(a: Array, mesh: Mesh | None, spec: P) -> Array:
@@ -89,23 +92,23 @@ def forward(
     zero = jnp.zeros((), jnp.float32)
     if cfg.arch == "relu_l1":
         f = jax.nn.relu(z)
-        return _dense_output(params, z, f, cfg, zero)
+        return _dense_output(params, z, f, cfg, zero, mesh)
     if cfg.arch == "jumprelu" or (cfg.arch == "batchtopk" and not train):
         f = jumprelu(z, params.threshold, jumprelu_recipe.bandwidth(cfg))
-        return _dense_output(params, z, f, cfg, zero)
+        return _dense_output(params, z, f, cfg, zero, mesh)
     if cfg.arch == "batchtopk" and cfg.uses_sparse_decode:
         return _batchtopk_sparse_output(params, x, z, cfg, mesh)
     if cfg.arch == "batchtopk":
         n_keep = x.shape[0] * cfg.k
         cutoff = sharded_ops.global_kth_largest(jax.lax.stop_gradient(z), n_keep, mesh)
         f = jnp.where((z >= cutoff) & (z > 0), z, jnp.zeros_like(z))
-        return _dense_output(params, z, f, cfg, smallest_positive_kept(jax.lax.stop_gradient(z), cutoff))
+        return _dense_output(params, z, f, cfg, smallest_positive_kept(jax.lax.stop_gradient(z), cutoff), mesh)
     # TopK: indices from the dense pre-activations, no gradient through the selection.
     values, indices = sharded_ops.global_topk(jax.lax.stop_gradient(z), cfg.k, mesh)
     if not cfg.uses_sparse_decode:
         kth = values[:, -1:]
         f = jnp.where((z >= kth) & (z > 0), z, jnp.zeros_like(z))
-        return _dense_output(params, z, f, cfg, zero)
+        return _dense_output(params, z, f, cfg, zero, mesh)
     x_in = encoder_input(params, x, cfg)
     # The dense z above carries no gradient on this path; gather_preacts re-attaches the gradient
     # to W_enc / b_enc / x through a sparse backward pass.
@@ -113,7 +116,13 @@ def forward(
         x_in, params.W_enc, params.b_enc, indices, jax.lax.stop_gradient(z), mesh
     )
     top_values = jax.nn.relu(selected)
-    x_hat = sharded_ops.sharded_sparse_decode(top_values, indices, params.W_dec, mesh) + params.b_dec
+    prefix_x_hat = None
+    if cfg.matryoshka_prefixes is None:
+        x_hat = sharded_ops.sharded_sparse_decode(top_values, indices, params.W_dec, mesh) + params.b_dec
+    else:
+        prefix_x_hat = matryoshka.sparse_prefix_decode(top_values, indices, params.W_dec, cfg.matryoshka_prefixes,
+                                                       mesh) + params.b_dec
+        x_hat = prefix_x_hat[-1]
     active = top_values > 0
     counts = jnp.zeros((cfg.n_features,), jnp.float32).at[indices.reshape(-1)].add(
         active.reshape(-1).astype(jnp.float32)
@@ -130,6 +139,7 @@ def forward(
         fire_counts=counts,
         l0=jnp.sum(active, axis=-1).astype(jnp.float32),
         batch_threshold=zero,
+        prefix_x_hat=prefix_x_hat,
     )
 
 
@@ -163,8 +173,15 @@ def _batchtopk_sparse_output(params, x, z, cfg, mesh) -> ForwardOutput:
     )
 
 
-def _dense_output(params, z, f, cfg, batch_threshold) -> ForwardOutput:
-    x_hat = dense_decode(params, f, cfg)
+def _dense_output(params, z, f, cfg, batch_threshold, mesh) -> ForwardOutput:
+    prefix_x_hat = None
+    if cfg.matryoshka_prefixes is None:
+        x_hat = dense_decode(params, f, cfg)
+    else:
+        # Every prefix's reconstruction from one decode of each block (sae/matryoshka.py).
+        prefix_x_hat = matryoshka.dense_prefix_decode(f, params.W_dec, cfg.matryoshka_prefixes, mesh,
+                                                      cfg.compute_dtype) + params.b_dec
+        x_hat = prefix_x_hat[-1]
     active = f > 0
     return ForwardOutput(
         x_hat=x_hat,
@@ -175,6 +192,7 @@ def _dense_output(params, z, f, cfg, batch_threshold) -> ForwardOutput:
         fire_counts=jnp.sum(active, axis=0, dtype=jnp.float32),
         l0=jnp.sum(active, axis=-1).astype(jnp.float32),
         batch_threshold=batch_threshold,
+        prefix_x_hat=prefix_x_hat,
     )
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxdict.sae import auxk, jumprelu_recipe
+from jaxdict.sae import auxk, jumprelu_recipe, matryoshka
 from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.forward import ForwardOutput, forward
 from jaxdict.sae.params import SAEParams, decoder_row_norms
@@ -45,6 +45,20 @@ def _relu_l1_loss(params, x, cfg, mesh, sparsity_coeff):
     return mse + sparsity_coeff * penalty, (out, {"mse": mse, "sparsity_loss": penalty})
 
 
+def _reconstruction_loss(x, out: ForwardOutput, cfg: SAEConfig) -> tuple[Float[Array, ""], dict[str, Array]]:
+    """The mean per-token squared error; for a Matryoshka SAE the mean of it over the prefixes
+    (sae/matryoshka.py: the selected latents truncated to each prefix). `mse` is always the full
+    reconstruction's, so it compares across architectures; `mse_prefix_<m>` are the others."""
+    if out.prefix_x_hat is None:
+        mse = jnp.mean(per_token_sq_error(x, out.x_hat))
+        return mse, {"mse": mse}
+    prefix_mse = matryoshka.prefix_sq_errors(x, out.prefix_x_hat)
+    loss = jnp.mean(prefix_mse)
+    parts = {"mse": prefix_mse[-1], "matryoshka_loss": loss}
+    parts.update({f"mse_prefix_{m}": prefix_mse[i] for i, m in enumerate(cfg.matryoshka_prefixes[:-1])})
+    return loss, parts
+
+
 def sae_loss(
     params: SAEParams,
     x: Float[Array, "B d"],
@@ -67,10 +81,7 @@ def sae_loss(
     if cfg.arch == "relu_l1":
         return _relu_l1_loss(params, x, cfg, mesh, sparsity_coeff)
     out = forward(params, x, cfg, mesh, train=True)
-    sq_err = per_token_sq_error(x, out.x_hat)
-    mse = jnp.mean(sq_err)
-    parts: dict[str, Array] = {"mse": mse}
-    loss = mse
+    loss, parts = _reconstruction_loss(x, out, cfg)
     if cfg.arch == "jumprelu":
         norms = decoder_row_norms(params)
         penalty = jumprelu_recipe.sparsity_penalty(out.pre_acts, out.latents, params.threshold, norms, cfg)
