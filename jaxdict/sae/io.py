@@ -178,6 +178,11 @@ def _from_external(arrays: dict[str, np.ndarray], cfg: SAEConfig, b_dec_subtract
 _SAELENS_ARCH = {"relu_l1": "standard", "topk": "topk", "jumprelu": "jumprelu",
                  # BatchTopK is a JumpReLU at inference (its learned threshold), as SAELens saves it.
                  "batchtopk": "jumprelu"}
+# A Matryoshka SAE is its plain architecture at inference: SAELens 6.54 saves its
+# MatryoshkaBatchTopKTrainingSAE as a JumpReLU ("matryoshka_batchtopk" is a training-only class
+# there, which SAE.load_from_disk does not know). The prefix sizes go into the metadata as
+# `matryoshka_widths` (SAELens's name for them) of cfg.json, for readers (SAELens 6.54 drops it on
+# load, as it reads our files as pre-6.0 ones) and for our own loader (via the jaxdict section).
 
 
 def export_saelens(sae: SAE, out_dir: str | Path) -> Path:
@@ -201,6 +206,8 @@ def export_saelens(sae: SAE, out_dir: str | Path) -> Path:
     meta = {"model_name": HF_MODEL_IDS.get(sae.model, sae.model), "hook_name": hook_to_saelens(sae.hook),
             "hook_layer": int(layer.group(1)) if layer else None, "prepend_bos": True,
             "sae_lens_training_version": None}
+    if cfg.matryoshka_prefixes is not None:
+        meta["matryoshka_widths"] = list(cfg.matryoshka_prefixes)
     doc = {
         "architecture": _SAELENS_ARCH[cfg.arch],
         "d_in": cfg.d_in,

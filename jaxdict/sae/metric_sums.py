@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.forward import forward
+from jaxdict.sae.matryoshka import prefix_active_counts
 from jaxdict.sae.params import SAEParams
 
 # "dense" latents fire on more than 10 % of tokens (DESIGN.md §4).
@@ -30,13 +31,29 @@ def reconstruction_sums(params: SAEParams, x: jax.Array, shift: jax.Array, cfg: 
     x = x.astype(jnp.float32)
     out = forward(params, x, cfg, mesh, train=False)
     centred = x - shift
-    return {
+    sums = {
         "resid_sq": jnp.sum(jnp.square(x - out.x_hat)),
         "sum_centred": jnp.sum(centred, axis=0),
         "sq_centred": jnp.sum(jnp.square(centred)),
         "l0_sum": jnp.sum(out.l0),
         "fire_counts": out.fire_counts,
     }
+    if out.prefix_x_hat is not None:
+        sums.update(_prefix_sums(x, out, cfg))
+    return sums
+
+
+def _prefix_sums(x: jax.Array, out, cfg: SAEConfig) -> dict[str, jax.Array]:
+    """A Matryoshka SAE's inner prefixes as SAEs of their own: the squared residual and the active
+    count of the latents below each prefix m (`resid_sq_prefix_<m>`, `l0_sum_prefix_<m>`)."""
+    active = out.latents > 0 if out.latents is not None else out.top_values > 0
+    counts = prefix_active_counts(active, None if out.latents is not None else out.top_indices,
+                                  cfg.matryoshka_prefixes)
+    sums = {}
+    for i, m in enumerate(cfg.matryoshka_prefixes[:-1]):
+        sums[f"resid_sq_prefix_{m}"] = jnp.sum(jnp.square(x - out.prefix_x_hat[i]))
+        sums[f"l0_sum_prefix_{m}"] = jnp.sum(counts[i])
+    return sums
 
 
 def add_sums(totals: dict[str, np.ndarray], sums: Mapping[str, np.ndarray]) -> None:
@@ -58,7 +75,7 @@ def metrics_from_sums(totals: Mapping[str, np.ndarray], n: int) -> dict[str, flo
     resid_sq = float(totals["resid_sq"])
     fvu = resid_sq / total_var if total_var > 0 else math.nan  # a constant set has no variance
     counts = np.asarray(totals["fire_counts"], np.float64)
-    return {
+    metrics = {
         "fvu": fvu,
         "explained_variance": 1.0 - fvu,
         "mse": resid_sq / (n * len(sum_centred)),
@@ -66,3 +83,10 @@ def metrics_from_sums(totals: Mapping[str, np.ndarray], n: int) -> dict[str, flo
         "dead_frac": float(np.mean(counts == 0)),
         "dense_frac": float(np.mean(counts / n > DENSE_FIRING_RATE)),
     }
+    # A Matryoshka SAE's inner prefixes (reconstruction_sums): fvu_prefix_<m>, l0_prefix_<m>.
+    for key in sorted((k for k in totals if k.startswith("resid_sq_prefix_")), key=lambda k: int(k.rsplit("_", 1)[1])):
+        m = key.rsplit("_", 1)[1]
+        prefix_resid = float(totals[key])
+        metrics[f"fvu_prefix_{m}"] = prefix_resid / total_var if total_var > 0 else math.nan
+        metrics[f"l0_prefix_{m}"] = float(totals[f"l0_sum_prefix_{m}"]) / n
+    return metrics

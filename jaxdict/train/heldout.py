@@ -23,7 +23,8 @@ from jaxdict.sae.metric_sums import add_sums, metrics_from_sums, reconstruction_
 from jaxdict.train.state import TrainState
 
 # The metrics a training run's held-out evaluation reports (mse is left out: here it would be in
-# the trained units, unlike `jaxdict eval`'s raw-unit mse).
+# the trained units, unlike `jaxdict eval`'s raw-unit mse); a Matryoshka SAE adds fvu_prefix_<m> and
+# l0_prefix_<m> for its inner prefixes.
 REPORTED = ("fvu", "explained_variance", "l0", "dead_frac", "dense_frac")
 
 
@@ -87,6 +88,7 @@ class HeldoutEval:
         for i in range(n_members):
             member = {k: (v[i] if self.sweep_size else v) for k, v in totals.items()}
             metrics = metrics_from_sums(member, n)
+            prefixes = {k: v for k, v in metrics.items() if k.startswith(("fvu_prefix_", "l0_prefix_"))}
             results.append({"loss": float(member["loss_sum"]) / n, **{k: metrics[k] for k in REPORTED},
-                            "eval_tokens": n})
+                            **prefixes, "eval_tokens": n})
         return results
