@@ -227,3 +227,27 @@ def test_default_buffer_capacity_is_f_over_8_up_to_its_ceiling():
     # The 16M TopK: F/8 = 2M slots would be a [B, 2M] float32 block on every device.
     assert SAEConfig(arch="topk", d_in=64, n_features=1 << 24, k=32).effective_aux_capacity == AUX_CAPACITY_MAX
     assert SAEConfig(arch="topk", d_in=64, n_features=1 << 24, k=32, aux_capacity=1 << 18).effective_aux_capacity == 1 << 18
+
+
+@pytest.mark.parametrize("case", ["ties", "half-steps", "normal", "all-equal", "huge", "one"])
+def test_selection_mask_equals_lax_top_k_over_the_valid_slots(case, devices):
+    """The counting k-th-largest selection picks exactly what lax.top_k picks (ties to the lower
+    slot), on one device and with the slots split over a 2x4 mesh's model axis."""
+    from jax import lax
+
+    from jaxdict.sae.auxk import selection_mask
+
+    rng = np.random.default_rng(["ties", "half-steps", "normal", "all-equal", "huge", "one"].index(case))
+    B, C = 16, 64
+    k = 1 if case == "one" else int(rng.integers(2, 40))
+    z = {"ties": rng.integers(-5, 5, size=(B, C)), "half-steps": rng.integers(-5, 5, size=(B, C)) * 0.5,
+         "normal": rng.standard_normal((B, C)), "all-equal": np.full((B, C), -3.0),
+         "huge": rng.standard_normal((B, C)) * 1e30, "one": rng.standard_normal((B, C))}[case].astype(np.float32)
+    valid = rng.random(C) < 0.8
+    _, positions = lax.top_k(jnp.asarray(np.where(valid[None, :], z, -np.inf)), k)
+    want = np.zeros((B, C), bool)
+    want[np.arange(B)[:, None], np.asarray(positions)] = True
+    want &= valid[None, :]
+    np.testing.assert_array_equal(np.asarray(selection_mask(jnp.asarray(z), jnp.asarray(valid), k, None)), want)
+    sharded = jax.jit(lambda a, v: selection_mask(a, v, k, make_mesh(2, 4)))(jnp.asarray(z), jnp.asarray(valid))
+    np.testing.assert_array_equal(np.asarray(sharded), want)
