@@ -189,7 +189,8 @@ def test_shapes_that_do_not_shard_are_refused_before_compiling(devices):
     cfg = dataclasses.replace(cfg, n_features=64)
     with pytest.raises(ConfigError, match=r"batch size 31 is not divisible by the mesh's data axis \(2\)"):
         TrainStep(cfg, optim, mesh, None, 31)
-    with pytest.raises(ConfigError, match=r"mesh data×model = 4×4 = 16 devices, but only 8 are present"):
+    with pytest.raises(ConfigError, match=r"mesh data×model = 4×4 = 16 devices, but only 8 are present; on a CPU, "
+                                          r"XLA_FLAGS=--xla_force_host_platform_device_count=16 splits"):
         make_mesh(4, 4)
 
 

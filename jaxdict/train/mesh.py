@@ -43,8 +43,13 @@ def make_mesh(data: int | None = None, model: int = 1, devices: list | None = No
             )
         data = len(devices) // model
     if data * model > len(devices):
+        hint = ""
+        if devices and devices[0].platform == "cpu":
+            # Sharded code can be run (and benchmarked) on one CPU split into fake devices.
+            hint = (f"; on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count={data * model} "
+                    "splits it into that many devices")
         raise ConfigError(
-            f"mesh data×model = {data}×{model} = {data * model} devices, but only {len(devices)} are present"
+            f"mesh data×model = {data}×{model} = {data * model} devices, but only {len(devices)} are present{hint}"
         )
     grid = np.asarray(devices[: data * model], dtype=object).reshape(data, model)
     return Mesh(grid, (DATA, MODEL))
