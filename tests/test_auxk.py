@@ -231,8 +231,9 @@ def test_default_buffer_capacity_is_f_over_8_up_to_its_ceiling():
 
 @pytest.mark.parametrize("case", ["ties", "half-steps", "normal", "all-equal", "huge", "one"])
 def test_selection_mask_equals_lax_top_k_over_the_valid_slots(case, devices):
-    """The counting k-th-largest selection picks exactly what lax.top_k picks (ties to the lower
-    slot), on one device and with the slots split over a 2x4 mesh's model axis."""
+    """AuxK's pick among the buffer's slots is lax.top_k over the valid slots (ties to the lower
+    slot), on one device and with the slots split over a 2x4 mesh's model axis (local top-k, then
+    a top-k of the gathered candidates)."""
     from jax import lax
 
     from jaxdict.sae.auxk import selection_mask
