@@ -13,7 +13,8 @@ import pytest
 from jaxdict.sae.config import ConfigError, SAEConfig
 from jaxdict.sae.losses import sae_loss
 from jaxdict.sae.params import init_params
-from test_sae_step import BATCH, D_IN, EQUIVALENCE_OPTIM, N_FEATURES, batches, run_steps
+from test_sae_step import (BATCH, D_IN, N_FEATURES, assert_sweep_equals_separate_runs, batches,
+                            run_steps)
 
 # Boundaries that do not line up with the feature shards of a 4- or 8-way model axis (16 or 8
 # features each): block [6, 20) spans shards, and shard 0 meets two blocks.
@@ -109,26 +110,7 @@ def test_sharded_steps_equal_single_device(name, devices):
 
 
 def test_sweep_axis_equals_separate_runs(devices):
-    from jaxdict.train.mesh import make_mesh
-    from jaxdict.train.state import add_leading_axis, create_state, state_specs, to_shardings
-    from jaxdict.train.step import TrainStep
-
-    cfg = CONFIGS["batchtopk"]
-    data = batches(2, seed=9)
-    mesh = make_mesh(2, 4)
-    seeds = (3, 4)
-    separate = [run_steps(cfg, (2, 4), data, seed=seed)[0] for seed in seeds]
-    states = [create_state(cfg, EQUIVALENCE_OPTIM, mesh, seed=seed, input_scale=0.7)[0] for seed in seeds]
-    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
-    shardings = to_shardings(mesh, add_leading_axis(state_specs(cfg, EQUIVALENCE_OPTIM, states[0])))
-    step = TrainStep(cfg, EQUIVALENCE_OPTIM, mesh, shardings, BATCH, sweep_size=len(seeds))
-    stacked = jax.device_put(stacked, shardings)
-    for batch in data:
-        stacked, _ = step(stacked, jax.device_put(batch, step.batch_sharding))
-    stacked = jax.device_get(stacked)
-    for i, alone in enumerate(separate):
-        for a, b in zip(jax.tree.leaves(alone.params), jax.tree.leaves(stacked.params)):
-            np.testing.assert_allclose(b[i], a, rtol=2e-5, atol=2e-6)
+    assert_sweep_equals_separate_runs(CONFIGS["batchtopk"], batches(2, seed=9))
 
 
 @pytest.mark.parametrize("fields, words", [

@@ -184,12 +184,14 @@ def test_batchtopk_learns_an_inference_threshold(devices):
 def test_batchtopk_sparse_step_under_the_sweep_axis_equals_separate_runs(devices):
     """Stacked runs (the sweep's vmap) take the sparse BatchTopK path per run: the lax.conds inside
     its custom VJP become selects, so both branches run, but the result must stay each run's own."""
+    assert_sweep_equals_separate_runs(ARCH_CONFIGS["batchtopk"], batches(3, seed=9))
+
+
+def assert_sweep_equals_separate_runs(cfg: SAEConfig, data: np.ndarray, seeds: tuple[int, ...] = (3, 4)) -> None:
+    """The runs of `seeds` stacked on a sweep axis (2x4 mesh) end with each run's own parameters."""
     from jaxdict.train.state import add_leading_axis, state_specs, to_shardings
 
-    cfg = ARCH_CONFIGS["batchtopk"]
-    data = batches(3, seed=9)
     mesh = make_mesh(2, 4)
-    seeds = (3, 4)
     separate = [run_steps(cfg, (2, 4), data, seed=seed)[0] for seed in seeds]
     states = [create_state(cfg, EQUIVALENCE_OPTIM, mesh, seed=seed, input_scale=0.7)[0] for seed in seeds]
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
