@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "scaling": "fit scaling laws to a finished sweep and plot them",
     "eval": "evaluate an SAE: fvu, l0, dead/dense fractions, and delta_ce / kl spliced into the LM",
     "features": "explore features: top contexts, logit effects, neighbours, HTML dashboard, search",
+    "absorption": "feature absorption by SAEBench's first-letter metric (Chanin et al. 2024)",
     "find": "concept search: rank features by how well they separate positive from negative examples",
     "steer": "clamp features while the LM generates and measure the effect (BOS left alone)",
     "steer-eval": "batch steering evaluation of a suite against DiffMean, random and prompting baselines",
