@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=None,
                         help=".npz of the LM activations and probe: read if it exists, else written")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per LM forward pass (default 16)")
-    parser.add_argument("--sparse-probe-batch", type=int, default=None,
-                        help="batch of the L1 probe on latents (default: SAEBench's 4096 scaled to the word count)")
+    parser.add_argument("--data-epochs", action="store_true",
+                        help="a probe epoch is one pass over the sampled words (default: as many steps as "
+                             "SAEBench's pass over the whole vocabulary)")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines")
 
 
@@ -37,13 +38,15 @@ def run(args: argparse.Namespace) -> int:
     from jaxdict.sae.io import load_sae
 
     sae = load_sae(args.run, args.step)
+    if args.latents is not None and not 1 <= args.latents <= sae.n_features:
+        raise ValueError(f"--latents {args.latents} out of range; valid: 1..{sae.n_features}")
     hook = args.hook or sae.hook
     if hook is None:
         raise ValueError(f"{args.run} records no hook; give --hook, e.g. resid_post.9")
     sae.check_compatible(None, hook, "--hook")
     model = args.model or sae.model or "gemma3-270m"
     settings = AbsorptionSettings(hook=hook, n_words=args.words, seed=args.seed, lm_batch_size=args.batch_size,
-                                  sparse_probe_batch=args.sparse_probe_batch)
+                                  vocabulary_steps=not args.data_epochs)
     lm = jaxdict.lm.load(model)
     sae.check_compatible(lm.name, None, "language model")
     started = time.time()

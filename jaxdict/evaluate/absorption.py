@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from jaxdict.evaluate import absorption_probes as probes
-from jaxdict.evaluate.absorption_data import AbsorptionSettings, ProbeData, sparse_probe_batch
+from jaxdict.evaluate.absorption_data import AbsorptionSettings, ProbeData
 from jaxdict.evaluate.absorption_prompts import LETTERS
 
 # SAEBench feature_absorption.py module constants (their feature_absorption_calculator defaults).
@@ -140,11 +140,11 @@ def evaluate_absorption(sae, data: ProbeData, settings: AbsorptionSettings,
     train_latents, unit_dec = sae_latents(sae, data.train_acts, latent_limit)
     test_latents, _ = sae_latents(sae, data.test_acts, latent_limit)
     absorb_latents, _ = sae_latents(sae, data.absorb_acts, latent_limit)
-    batch = sparse_probe_batch(settings, len(data.train_acts), data.n_vocabulary)
+    steps = settings.steps_per_epoch(probes.SPARSE_BATCH, data.n_vocabulary)
     l1_probe = probes.train_letter_probes(
-        train_latents, data.train_letters, len(LETTERS), batch_size=batch, epochs=probes.SPARSE_EPOCHS,
-        lr=probes.SPARSE_LR, end_lr=probes.SPARSE_END_LR, weight_decay=probes.SPARSE_WEIGHT_DECAY,
-        l1=probes.SPARSE_L1, seed=settings.seed)
+        train_latents, data.train_letters, len(LETTERS), batch_size=probes.SPARSE_BATCH,
+        epochs=probes.SPARSE_EPOCHS, lr=probes.SPARSE_LR, end_lr=probes.SPARSE_END_LR,
+        weight_decay=probes.SPARSE_WEIGHT_DECAY, l1=probes.SPARSE_L1, seed=settings.seed, steps_per_epoch=steps)
     ks = probes.k_sparse_probes(train_latents, data.train_letters, test_latents, data.test_letters,
                                 len(LETTERS), l1_probe)
     p = data.probe_weights / np.linalg.norm(data.probe_weights, axis=1, keepdims=True)
@@ -157,7 +157,9 @@ def evaluate_absorption(sae, data: ProbeData, settings: AbsorptionSettings,
         "n_latents": unit_dec.shape[0], "latent_limit": latent_limit,
         "n_vocabulary": data.n_vocabulary, "n_train_words": len(data.train_acts),
         "n_test_words": len(data.test_acts), "n_dropped_words": data.n_dropped,
-        "n_letters_scored": len(scored), "sparse_probe_batch": batch,
+        "n_letters_scored": len(scored),
+        "probe_steps_per_epoch": settings.steps_per_epoch(probes.PROBE_BATCH, data.n_vocabulary),
+        "sparse_probe_steps_per_epoch": steps,
         "settings": _settings_dict(settings), "letters": rows,
     }
     enough = len(scored) >= MIN_LETTERS

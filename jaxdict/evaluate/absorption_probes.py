@@ -49,7 +49,6 @@ def _loss(params, x, y, pos_weight, l1):
     return jnp.mean(bce) + l1 * jnp.mean(jnp.sum(jnp.abs(w), axis=-1))
 
 
-@jax.jit
 def _adam_step(params, m, v, t, x, y, pos_weight, lr, weight_decay, l1):
     """One torch-style Adam step: L2 weight decay is added to the gradient (not decoupled)."""
     grads = jax.grad(_loss)(params, x, y, pos_weight, l1)
@@ -61,20 +60,45 @@ def _adam_step(params, m, v, t, x, y, pos_weight, lr, weight_decay, l1):
     return params, m, v
 
 
+def _epoch_rows(rng: np.random.Generator, n: int, steps: int, batch: int) -> np.ndarray:
+    """int32 [steps, batch] row indices: shuffled passes over the n rows, one after the other."""
+    need = steps * batch
+    passes = [rng.permutation(n) for _ in range(-(-need // n))]
+    return np.concatenate(passes)[:need].reshape(steps, batch).astype(np.int32)
+
+
+@jax.jit
+def _adam_epoch(params, m, v, t0, x, y, rows, pos_weight, lr, weight_decay, l1):
+    """`rows.shape[0]` Adam steps at one learning rate (lax.scan: one dispatch per epoch)."""
+    def body(carry, batch_rows):
+        params, m, v, t = carry
+        params, m, v = _adam_step(params, m, v, t, x[batch_rows], y[batch_rows], pos_weight, lr,
+                                  weight_decay, l1)
+        return (params, m, v, t + 1.0), None
+
+    (params, m, v, _), _ = jax.lax.scan(body, (params, m, v, t0), rows)
+    return params, m, v
+
+
 def train_letter_probes(x: np.ndarray, labels: np.ndarray, n_classes: int, *, batch_size: int, epochs: int,
                         lr: float, end_lr: float, weight_decay: float, l1: float = 0.0,
-                        seed: int = 0) -> LinearProbes:
+                        steps_per_epoch: int | None = None, seed: int = 0) -> LinearProbes:
     """One-vs-rest logistic probes of `labels` (int [n]) on x [n, d], as SAEBench trains them.
 
     Positive weight per class = negatives / positives (SAEBench probing._calc_pos_weights; a class
-    without positives gets weight 0 for its absent positives). Rows are reshuffled every epoch, the
-    last batch may be short (torch DataLoader(shuffle=True)); the learning rate decays by
+    without positives gets weight 0 for its absent positives). The learning rate decays by
     (end_lr / lr)^(1/epochs) after each epoch (SAEBench _get_exponential_decay_scheduler).
+    An epoch is `steps_per_epoch` Adam steps on batches of min(batch_size, n) rows drawn from
+    shuffled passes over the data; None: one pass, ceil(n / batch_size) steps, as SAEBench's
+    DataLoader(shuffle=True) (whose last batch is short; ours are all full). A larger
+    steps_per_epoch keeps SAEBench's number of steps when it is trained on fewer words.
     """
     x = np.asarray(x, np.float32)
     n, d = x.shape
     if n == 0:
         raise ValueError("no rows to train the probes on")
+    batch = min(batch_size, n)
+    steps = steps_per_epoch if steps_per_epoch is not None else -(-n // batch)
     y = np.eye(n_classes, dtype=np.float32)[np.asarray(labels)]
     pos = y.sum(0)
     pos_weight = np.where(pos > 0, (n - pos) / np.maximum(pos, 1), 0.0).astype(np.float32)
@@ -85,16 +109,12 @@ def train_letter_probes(x: np.ndarray, labels: np.ndarray, n_classes: int, *, ba
     m = jax.tree.map(jnp.zeros_like, params)
     v = jax.tree.map(jnp.zeros_like, params)
     gamma = (end_lr / lr) ** (1.0 / epochs)
-    pw, f32 = jnp.asarray(pos_weight), jnp.float32
-    t = 0
+    f32 = jnp.float32
+    xj, yj, pw = jnp.asarray(x), jnp.asarray(y), jnp.asarray(pos_weight)
     for epoch in range(epochs):
-        lr_epoch = f32(lr * gamma ** epoch)
-        order = rng.permutation(n)
-        for start in range(0, n, batch_size):
-            rows = order[start:start + batch_size]
-            t += 1
-            params, m, v = _adam_step(params, m, v, f32(t), jnp.asarray(x[rows]), jnp.asarray(y[rows]), pw,
-                                      lr_epoch, f32(weight_decay), f32(l1))
+        rows = jnp.asarray(_epoch_rows(rng, n, steps, batch))
+        params, m, v = _adam_epoch(params, m, v, f32(1 + epoch * steps), xj, yj, rows, pw,
+                                   f32(lr * gamma ** epoch), f32(weight_decay), f32(l1))
     w, b = jax.device_get(params)
     return LinearProbes(np.asarray(w, np.float32), np.asarray(b, np.float32))
 
