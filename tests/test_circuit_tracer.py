@@ -291,3 +291,103 @@ def test_gemma_scope_npz_transcoder_matches_circuit_tracers_loader(tmp_path, row
     with pytest.raises(InteropError, match="pass kind"):
         load_gemma_scope_npz(plain)
     assert load_gemma_scope_npz(plain, kind="transcoder").input_hook is None  # no layer_<L> in the path
+
+
+# -- the replacement model on an HF-format Gemma 3 270M written from our GGUF weights ---------------
+@pytest.fixture(scope="module")
+def hf_gemma(tmp_path_factory):
+    """The embedded model written as a Hugging Face folder, loaded in transformers (float32, eager
+    attention), and the jaxdict model it came from."""
+    pytest.importorskip("transformers")
+    import torch
+    from transformers import AutoTokenizer, Gemma3ForCausalLM
+
+    from jaxdict.lm.hf_writer import write_hf_folder
+
+    lm = jaxdict.lm.load("gemma3-270m")
+    folder = write_hf_folder(lm, tmp_path_factory.mktemp("hf") / "gemma3-270m")
+    hf = Gemma3ForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager").eval()
+    return lm, folder, hf, AutoTokenizer.from_pretrained(str(folder))
+
+
+@pytest.mark.slow
+def test_hf_folder_is_our_model(hf_gemma):
+    """jaxdict reads the folder back bit for bit; transformers runs it as jaxdict does, and its
+    pre_feedforward_layernorm output (circuit-tracer's nnsight `mlp.hook_in`) is our mlp_in."""
+    import torch
+
+    lm, folder, hf, tok = hf_gemma
+    ids = lm.tokenizer.encode(TEXTS[0])
+    for text in (*TEXTS, CALIBRATION, "a\n\n  b   c\t d"):
+        assert tok(text)["input_ids"] == lm.tokenizer.encode(text)
+    back = jaxdict.lm.load(str(folder))
+    for a, b in zip(jax_leaves(back.params), jax_leaves(lm.params)):
+        np.testing.assert_array_equal(a, b)
+    ours = lm.activations(jnp.asarray([ids], jnp.int32), [f"mlp_in.{LAYER}", f"mlp_out.{LAYER}"])
+    logits = np.asarray(lm.logits(jnp.asarray([ids], jnp.int32)))[0]
+    seen = {}
+    block = hf.model.layers[LAYER]
+    block.pre_feedforward_layernorm.register_forward_hook(lambda m, i, o: seen.__setitem__("mlp_in", o))
+    block.post_feedforward_layernorm.register_forward_hook(lambda m, i, o: seen.__setitem__("mlp_out", o))
+    with torch.no_grad():
+        hf_logits = hf(torch.tensor([ids])).logits[0].numpy()
+    d_in = np.abs(seen["mlp_in"][0].numpy() - np.asarray(ours[f"mlp_in.{LAYER}"])[0]).max()
+    out = np.asarray(ours[f"mlp_out.{LAYER}"])[0]
+    d_out = np.abs(seen["mlp_out"][0].numpy() - out).max() / np.abs(out).max()
+    d_logits = np.abs(hf_logits - logits).max()
+    print(f"HF vs jaxdict: mlp_in max|Δ| {d_in:.2e}, mlp_out max|Δ|/max|y| {d_out:.2e}, logits max|Δ| {d_logits:.2e}")
+    assert d_in < 1e-4 and d_out < 1e-5 and d_logits < 1e-3
+
+
+def jax_leaves(tree):
+    import jax
+
+    return [np.asarray(a) for a in jax.tree.leaves(tree)]
+
+
+def restore_per_layer_rope(model) -> None:
+    """Undo circuit-tracer 0.5.0's `_deduplicate_attention_buffers` (TL backend), which gives every
+    block the last block's RoPE tables: Gemma 3's local layers use base 10^4 and its global layers
+    10^6, so one shared table is wrong on one kind (the reason its README sends Gemma 3 to nnsight)."""
+    for block in model.blocks:
+        attn = block.attn
+        attn.rotary_sin, attn.rotary_cos = attn.calculate_sin_cos_rotary(
+            attn.cfg.rotary_dim, attn.rotary_sin.shape[0], base=attn._rotary_base(), dtype=attn.cfg.dtype)
+
+
+@pytest.mark.slow
+def test_replacement_model_features_match_jaxdict(tmp_path, hf_gemma, rows):
+    """circuit-tracer's ReplacementModel (TransformerLens backend, fold_ln=False) on the HF folder,
+    with our layer-9 skip transcoder exported under ln2.hook_normalized (norm weight folded in):
+    its feature activations inside the model equal jaxdict's on our mlp_in, to 1e-3."""
+    circuit_tracer()
+    import os
+
+    import torch
+    from circuit_tracer.replacement_model.replacement_model_transformerlens import (
+        TransformerLensReplacementModel)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local
+    lm, _, hf, tok = hf_gemma
+    raw = make_transcoder("jumprelu", True, rows["calibration"])
+    out = export_circuit_tracer(tmp_path / "tc", {LAYER: raw}, input_hook="ln2.hook_normalized",
+                                norm_weights={LAYER: rows["norm_weight"]}, pad_missing_layers=True,
+                                n_layers=lm.config.n_layers)
+    ts, _ = load_export(out)
+    model = TransformerLensReplacementModel.from_pretrained_and_transcoders(
+        "google/gemma-3-270m", ts, hf_model=hf, tokenizer=tok, device="cpu", dtype=torch.float32)
+    ids = torch.tensor([lm.tokenizer.encode(TEXTS[0])])
+    f_ours = encode_reference(raw, np.asarray(lm.activations(jnp.asarray(ids.numpy()), f"mlp_in.{LAYER}"))[0])
+    f_ours[0] = 0  # circuit-tracer zeroes the BOS position's features (zero_positions)
+
+    _, shared_rope = model.get_activations(ids)
+    assert np.abs(shared_rope[LAYER].numpy() - f_ours).max() > 0.1  # the bug is real: fix it, then compare
+    restore_per_layer_rope(model)
+    _, acts = model.get_activations(ids)
+    f_ct = acts[LAYER].numpy()
+    diff = np.abs(f_ct - f_ours).max()
+    print(f"replacement model vs jaxdict, layer {LAYER} features: max|Δf| {diff:.2e}, "
+          f"active {(f_ours > 0).mean():.3f}, {ids.shape[1]} tokens")
+    assert (f_ours > 0).mean() > 0.02 and np.array_equal(f_ct > 0, f_ours > 0)
+    assert diff <= 1e-3
+    assert not acts[:LAYER].any() and not acts[LAYER + 1:].any()  # the padded layers never fire

@@ -45,6 +45,15 @@ for a config that also runs on the TransformerLens backend, "ln2.hook_normalized
 multiplier g = 1 + w folded into the encoder rows: x_in = n ⊙ g, so x_in W_enc = n (diag(g) W_enc)
 and likewise W_skip. Without that fold, features would be right on a tensor but wrong inside
 the model. The output hook is "hook_mlp_out" in both backends.
+
+Inside the model (tests/test_circuit_tracer.py, the embedded Gemma 3 270M written as a Hugging
+Face folder by jaxdict.lm.hf_writer): the TransformerLens-backend ReplacementModel gives layer-9
+features equal to jaxdict's to ~1e-5, once one circuit-tracer 0.5.0 bug is worked around: its
+`_deduplicate_attention_buffers` gives every block the last block's RoPE sin/cos tables, while
+Gemma 3's local layers use base 10^4 and its global ones 10^6 (TL's `_rotary_base`), so all but
+one kind of layer run the wrong rotation (features off by up to ~4 at layer 9). The test restores
+per-layer tables; the nnsight backend, which circuit-tracer recommends for Gemma 3, needs nnsight
+and transformers <= 4.57.3, not installable beside our transformer-lens 3.9.
 """
 from __future__ import annotations
 
@@ -119,12 +128,15 @@ def _yaml_scalar(v: Any) -> str:
 def export_circuit_tracer(out_dir: str | Path, transcoders: Mapping[int, RawTranscoder], *,
                           model_name: str = "google/gemma-3-270m", input_hook: str = "mlp.hook_in",
                           norm_weights: Mapping[int, np.ndarray] | None = None,
-                          pad_missing_layers: bool = False, scan: str | None = None) -> Path:
+                          pad_missing_layers: bool = False, n_layers: int | None = None,
+                          scan: str | None = None) -> Path:
     """Write `transcoders` ({layer: RawTranscoder}) in circuit-tracer's layout; returns the folder.
 
     input_hook: "mlp.hook_in" (the nnsight backend; weights unchanged) or "ln2.hook_normalized"
     (both backends; needs `norm_weights[L]`, the full pre-FFN norm multiplier 1 + w of each
     exported layer, e.g. jaxdict.lm's params["layers"][L]["ffn_norm"], folded into W_enc/W_skip).
+    n_layers: the model's layer count. circuit-tracer's replacement model hooks and encodes every
+    layer of the model, so a set for a replacement model must cover all of them (padded).
     """
     from safetensors.numpy import save_file
 
@@ -143,9 +155,12 @@ def export_circuit_tracer(out_dir: str | Path, transcoders: Mapping[int, RawTran
         raise InteropError(f"circuit-tracer's TranscoderSet needs one width, one d_model and one skip "
                            f"setting for all layers; got n_features {sorted(widths)}, d {sorted(dims)}, "
                            f"skip {sorted(skips)}")
-    missing = sorted(set(range(max(transcoders) + 1)) - set(transcoders))
+    top = max(transcoders) + 1 if n_layers is None else int(n_layers)
+    if top <= max(transcoders):
+        raise InteropError(f"n_layers={n_layers} but a transcoder is given for layer {max(transcoders)}")
+    missing = sorted(set(range(top)) - set(transcoders))
     if missing and not pad_missing_layers:
-        raise InteropError(f"circuit-tracer needs a transcoder for every layer 0..{max(transcoders)}; "
+        raise InteropError(f"circuit-tracer needs a transcoder for every layer 0..{top - 1}; "
                            f"missing {missing}. Pass pad_missing_layers=True to fill them with inert "
                            "(never-firing) transcoders")
     needs_fold = not INPUT_HOOKS[input_hook]
@@ -157,7 +172,7 @@ def export_circuit_tracer(out_dir: str | Path, transcoders: Mapping[int, RawTran
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     (F,), (d,), (skip,) = widths, dims, skips
-    for layer in range(max(transcoders) + 1):
+    for layer in range(top):
         raw = transcoders.get(layer)
         if raw is None:
             tensors = _inert_layer(d, F, skip)
