@@ -391,3 +391,21 @@ def test_replacement_model_features_match_jaxdict(tmp_path, hf_gemma, rows):
     assert (f_ours > 0).mean() > 0.02 and np.array_equal(f_ct > 0, f_ours > 0)
     assert diff <= 1e-3
     assert not acts[:LAYER].any() and not acts[LAYER + 1:].any()  # the padded layers never fire
+
+
+def test_export_cli_gemma_scope_2_import_and_circuit_tracer_refusal(tmp_path, rows, capsys):
+    from jaxdict.cli import main
+    from jaxdict.sae.io import load_sae
+
+    tc = make_transcoder("jumprelu", False, rows["calibration"], seed=5)
+    sae_src = RawTranscoder({"arch": "jumprelu", "d_in": 640, "n_features": F}, tc.arrays)
+    src = write_gemma_scope_2(tmp_path / "resid_post" / "layer_6_width_16k_l0_small", sae_src)
+    assert main(["export", "--import", str(src.parent), "--model", "gemma3-270m", "--out", str(tmp_path / "imp")]) == 0
+    sae = load_sae(tmp_path / "imp")
+    assert (sae.hook, sae.model, sae.cfg.arch) == ("resid_post.6", "gemma3-270m", "jumprelu")
+    x = rows["mlp_in"]
+    want = x @ tc.arrays["W_enc"].astype(np.float64) + tc.arrays["b_enc"]
+    np.testing.assert_allclose(np.asarray(sae.encode(x)), want * (want > tc.arrays["threshold"]), atol=1e-4)
+    # An SAE is not a transcoder: circuit-tracer's export names what it reads.
+    assert main(["export", str(tmp_path / "imp"), "--format", "circuit-tracer", "--out", str(tmp_path / "ct")]) == 1
+    assert "reads 'resid_post.6'" in capsys.readouterr().err

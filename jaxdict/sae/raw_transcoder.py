@@ -116,3 +116,39 @@ def decode_reference(raw: RawTranscoder, f: np.ndarray, x: np.ndarray) -> np.nda
     if "W_skip" in a:
         y = y + np.asarray(x, np.float64) @ a["W_skip"]
     return y
+
+
+def raw_from_sae(sae: Any) -> RawTranscoder:
+    """A loaded jaxdict SAE or transcoder (jaxdict.sae.inference.SAE, raw units) as a RawTranscoder.
+
+    A transcoder's target hook is in `sae.extra["target_hook"]` (as jaxdict.sae.io records it)."""
+    cfg, p = sae.cfg, sae.params
+    d_out = getattr(cfg, "d_out", None)
+    skip = bool(getattr(cfg, "skip_connection", False))
+    fields: dict[str, Any] = {"arch": cfg.arch, "d_in": cfg.d_in, "n_features": cfg.n_features}
+    if d_out is not None:
+        fields.update(d_out=d_out, skip_connection=skip)
+    if cfg.arch == "topk":
+        fields["k"] = cfg.k
+    arrays = {"W_enc": p.W_enc, "b_enc": p.b_enc, "W_dec": p.W_dec, "b_dec": p.b_dec}
+    if p.threshold is not None:
+        arrays["threshold"] = p.threshold
+    if getattr(p, "W_skip", None) is not None:
+        arrays["W_skip"] = p.W_skip
+    target = (sae.extra or {}).get("target_hook") if d_out is not None else None
+    return RawTranscoder(fields, as_float32(arrays), sae.hook, target, sae.model, sae.source).check()
+
+
+def sae_from_raw(raw: RawTranscoder) -> Any:
+    """The jaxdict SAE (jaxdict.sae.inference.SAE) of a RawTranscoder, to evaluate or re-export."""
+    import jax.numpy as jnp
+
+    from jaxdict.sae.config import SAEConfig
+    from jaxdict.sae.inference import SAE
+    from jaxdict.sae.params import SAEParams
+
+    raw.check()
+    cfg = SAEConfig(**raw.fields)
+    params = SAEParams(**{k: jnp.asarray(v) for k, v in raw.arrays.items()})
+    extra = {"target_hook": raw.output_hook} if raw.output_hook else {}
+    return SAE(cfg=cfg, params=params, model=raw.model, hook=raw.input_hook, source=raw.source, extra=extra)
