@@ -7,6 +7,11 @@ Layout written (the one circuit-tracer's own cache and Hugging Face repos use):
     <out>/layer_<L>.safetensors    W_enc [F, d], W_dec [F, d], b_enc [F], b_dec [d],
                                    [activation_function.threshold [F]], [W_skip [d, d]]
 
+Loading it in circuit-tracer: `circuit_tracer.utils.caching.load_transcoders_from_cache(out.name,
+cache_dir=out.parent)`, or `ReplacementModel.from_pretrained(model, out.name)` with the environment
+variable CIRCUIT_TRACER_CACHE_DIR=out.parent (its cache has exactly this layout), or upload the
+folder as a Hugging Face repo and pass its id. CLI: `jaxdict export RUN... --format circuit-tracer`.
+
 circuit-tracer's `load_relu_transcoder` (transcoder/single_layer_transcoder.py) reads these keys:
 W_enc is torch.nn.Linear's [F, d] (it encodes `F.linear(x, W_enc, b_enc)`), so ours is transposed;
 its skip term is `x @ W_skip.T`, so ours [d_in, d_out] is transposed too; W_dec and the biases are
