@@ -188,9 +188,9 @@ def test_planted_absorption_is_found_and_a_clean_sae_shows_none(absorbing):
 def test_prefix_restriction_and_bad_limits():
     data = _probe_data(np.random.default_rng(3))
     sae = _sae(True, data.probe_weights[0])
-    lat, unit = ab.sae_latents(sae, data.test_acts, latent_limit=26)
-    full, _ = ab.sae_latents(sae, data.test_acts)
-    assert lat.shape == (len(data.test_acts), 26) and unit.shape == (26, D)
+    lat, norms, unit = ab.sae_latents(sae, data.test_acts, latent_limit=26)
+    full, _, _ = ab.sae_latents(sae, data.test_acts)
+    assert lat.shape == (len(data.test_acts), 26) and unit.shape == (26, D) and norms.shape == (26,)
     np.testing.assert_array_equal(lat, full[:, :26])
     # Without the token latents nothing carries the silenced words' projection: no absorption.
     result = ab.evaluate_absorption(sae, data, AbsorptionSettings(hook="resid_post.0"),
@@ -210,6 +210,10 @@ def test_too_few_scorable_letters_gives_no_score():
     result = ab.evaluate_absorption(_sae(True, data.probe_weights[0]), data, AbsorptionSettings(hook="resid_post.0"))
     assert result["n_letters_scored"] == 10
     assert result["mean_full_absorption_score"] is None and "needs 20" in result["not_scored_reason"]
+    rates = [r["full_absorption_rate"] for r in result["letters"] if r["scored"]]
+    assert rates[0] == pytest.approx(ABSORBED_TEST / N_TEST)  # letter "a" is still planted
+    assert result["scored_letters_mean_full_absorption_score"] == pytest.approx(np.mean(rates))
+    assert "not a SAEBench score" in ab.markdown_summary(result)
 
 
 # -- with a language model -------------------------------------------------------------------------
@@ -296,3 +300,25 @@ def test_cli_refuses_a_latent_count_out_of_range(tmp_path, capsys):
     assert main(["absorption", str(folder), "--out", str(tmp_path / "out"), "--latents", "33"]) == 1
     assert "--latents 33 out of range; valid: 1..32" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_same_result_in_raw_units_with_the_input_scale_folded_in():
+    """An SAE trained on x · s and evaluated on raw x (s folded into W_enc, W_dec, b_dec, as
+    load_run does) gives the same absorption: projections use f · ‖W_dec‖, the latents the probes
+    read do not change. SAEBench's f · cos would compare latents in training units with a·p in raw
+    units, and find no absorption here."""
+    from jaxdict.sae.params import fold_input_scale
+
+    s = 0.01
+    data = _probe_data(np.random.default_rng(5))
+    sae = _sae(True, data.probe_weights[0])
+    raw = ProbeData(**{**data.__dict__, "train_acts": data.train_acts / s, "test_acts": data.test_acts / s,
+                       "absorb_acts": data.absorb_acts / s, "probe_weights": data.probe_weights * s})
+    folded = SAE(cfg=sae.cfg, params=fold_input_scale(sae.params, s), hook=sae.hook, source="folded")
+    settings = AbsorptionSettings(hook="resid_post.0")
+    want = ab.evaluate_absorption(sae, data, settings)
+    got = ab.evaluate_absorption(folded, raw, settings)
+    assert got["letters"][0]["num_full_absorption"] == ABSORBED_TEST
+    assert [r["main_latents"] for r in got["letters"]] == [r["main_latents"] for r in want["letters"]]
+    for key in ("full_absorption_rate", "mean_absorption_fraction", "probe_f1"):
+        assert [r[key] for r in got["letters"]] == pytest.approx([r[key] for r in want["letters"]], rel=1e-4), key

@@ -17,10 +17,14 @@ github.com/adamkarvonen/SAEBench, sae_bench/evals/absorption/). This is our own 
      cos ≥ `FULL_PROBE_COS` and carries at least `PROJECTION_PROPORTION` of a·p.
 4. Per letter: sums / number of probe true positives; the SAE's scores are the means over letters.
 
-Units: SAEBench's f_i · cos_i is the latent's share of the reconstruction's probe projection when
-decoder rows have unit norm, as SAELens SAEs do. Ours are stored in raw activation units with the
-training input scale folded into W_dec (sae.params.fold_input_scale), so we use f_i · ‖W_dec[i]‖
-as the activation (the usual folding of decoder norms into latents); with unit rows it is SAEBench's.
+Units. The k-sparse probes read the latents f as the SAE's encode returns them, as SAEBench reads
+`sae.encode` (our export to SAELens returns the same f). SAEBench's probe projection f_i · cos_i is
+the latent's share of the reconstruction's projection on the probe only when decoder rows have unit
+norm; ours are stored in raw activation units with the training input scale folded into W_dec
+(sae.params.fold_input_scale: rows of norm 1/input_scale), so the projections use f_i · ‖W_dec[i]‖
+· cos_i, in the units of a·p. With unit rows both are SAEBench's. The scale of f matters to the
+probes (L1 and L2 penalties act on weights of a fixed size): with f · ‖W_dec‖ (~240× larger here)
+the L1 probe is effectively unpenalised and ranks latents that fire on one or two training words.
 """
 from __future__ import annotations
 
@@ -47,8 +51,9 @@ MIN_LETTERS = 20
 
 
 def sae_latents(sae, acts: np.ndarray, latent_limit: int | None = None, rows_per_batch: int = 1024
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(f · ‖W_dec‖ float32 [n, F'], unit decoder rows float32 [F', d]) of latents 0..F'-1.
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(f float32 [n, F'] as sae.encode returns them, ‖W_dec‖ float32 [F'], unit decoder rows
+    float32 [F', d]) of latents 0..F'-1.
 
     latent_limit: keep only the first that many latents, i.e. the codes of a Matryoshka prefix as
     the inference code truncated to it (per-latent thresholds, so the same as that prefix alone).
@@ -63,8 +68,8 @@ def sae_latents(sae, acts: np.ndarray, latent_limit: int | None = None, rows_per
     out = np.empty((len(acts), limit), np.float32)
     for start in range(0, len(acts), rows_per_batch):
         f = np.asarray(sae.encode(np.asarray(acts[start:start + rows_per_batch], np.float32)), np.float32)
-        out[start:start + rows_per_batch] = f[:, :limit] * norms
-    return out, unit
+        out[start:start + rows_per_batch] = f[:, :limit]
+    return out, norms, unit
 
 
 def absorption_scores(acts: np.ndarray, latents: np.ndarray, probe_cos: np.ndarray, main: list[int],
@@ -137,9 +142,10 @@ def evaluate_absorption(sae, data: ProbeData, settings: AbsorptionSettings,
     """The SAE's absorption result (what absorption.json holds)."""
     if data.train_acts.shape[1] != sae.d_in:
         raise ValueError(f"SAE d_in={sae.d_in} but the cached activations have width {data.train_acts.shape[1]}")
-    train_latents, unit_dec = sae_latents(sae, data.train_acts, latent_limit)
-    test_latents, _ = sae_latents(sae, data.test_acts, latent_limit)
-    absorb_latents, _ = sae_latents(sae, data.absorb_acts, latent_limit)
+    train_latents, _, unit_dec = sae_latents(sae, data.train_acts, latent_limit)
+    test_latents, _, _ = sae_latents(sae, data.test_acts, latent_limit)
+    absorb_latents, norms, _ = sae_latents(sae, data.absorb_acts, latent_limit)
+    absorb_latents *= norms  # in the units of the residual stream (module docstring)
     steps = settings.steps_per_epoch(probes.SPARSE_BATCH, data.n_vocabulary)
     l1_probe = probes.train_letter_probes(
         train_latents, data.train_letters, len(LETTERS), batch_size=probes.SPARSE_BATCH,
@@ -167,6 +173,9 @@ def evaluate_absorption(sae, data: ProbeData, settings: AbsorptionSettings,
                        ("mean_full_absorption_score", "full_absorption_rate"),
                        ("mean_num_split_features", "num_split_features")):
         values = np.array([r[field] for r in scored], np.float64)
+        # The same mean without SAEBench's MIN_LETTERS gate, for comparing SAEs on one word set
+        # (the scored letters depend on the probe only, so every SAE gets the same letters).
+        result["scored_letters_" + key] = float(values.mean()) if len(values) else None
         result[key] = float(values.mean()) if enough else None
         result["std_dev_" + key.removeprefix("mean_")] = float(values.std(ddof=1)) if enough else None
     if not enough:
@@ -201,7 +210,10 @@ def markdown_summary(result: dict[str, Any]) -> str:
              f"(sd {num(result['std_dev_full_absorption_score'])})",
              f"- mean number of main latents: {num(result['mean_num_split_features'], '{:.2f}')}", ""]
     if result.get("not_scored_reason"):
-        lines += [f"Not scored: {result['not_scored_reason']}", ""]
+        lines += [f"Not scored: {result['not_scored_reason']}. Over the {result['n_letters_scored']} letters "
+                  "that pass the probe F1 gate (not a SAEBench score): absorption fraction "
+                  f"{num(result['scored_letters_mean_absorption_fraction_score'])}, full-absorption rate "
+                  f"{num(result['scored_letters_mean_full_absorption_score'])}", ""]
     lines += ["| letter | probe F1 | test words | probe TP | main latents | absorption fraction | full absorption |",
               "|---|---|---|---|---|---|---|"]
     for r in result["letters"]:
