@@ -14,6 +14,7 @@ BAD_INPUT = {
     "scaling-where": (["scaling", "fit", "{tmp}/no-sweep", "--out", "{tmp}/f", "--where", "arch"],
                       "is not COLUMN=VALUE"),
     "eval": (["eval", "{tmp}/run", "--out", "{tmp}/e", "--tokens", "0"], "--tokens = 0 must be >= 1"),
+    "absorption": (["absorption", "{tmp}/no-run", "--out", "{tmp}/a"], "no-run"),
     "features": (["features", "{tmp}/run", "--out", "{tmp}/e", "--tokens", "0"], "--tokens (0)"),
     "steer": (["steer", "{tmp}/no-run", "--feature", "1", "--prompt", "x", "--out", "{tmp}/st"], "no-run"),
     "export": (["export", "{tmp}/run", "--import", "{tmp}/x.npz", "--out", "{tmp}/x"], "give either RUN"),
