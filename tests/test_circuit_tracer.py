@@ -113,8 +113,10 @@ def test_circuit_tracer_encodes_our_mlp_in_rows(tmp_path, rows, arch, skip, inpu
     with torch.no_grad():
         f_ct = ts.encode_layer(hook_value, LAYER)
         y_ct = ts[LAYER].decode(f_ct, hook_value).numpy()
-    f_ours = encode_reference(raw, rows["mlp_in"])
-    y_ours = decode_reference(raw, f_ours, rows["mlp_in"])
+    # jaxdict's side, until its transcoder inference lands: the formula (raw_transcoder.encode_reference).
+    x = rows["mlp_in"]
+    f_ours = encode_reference(raw, x)
+    y_ours = decode_reference(raw, f_ours, x)
     active = (f_ours > 0).mean()
     assert 0.02 < active < 0.6, f"fraction active {active}: the test needs features that fire"
     assert np.array_equal(f_ct.numpy() > 0, f_ours > 0), "different features fire"
@@ -409,3 +411,33 @@ def test_export_cli_gemma_scope_2_import_and_circuit_tracer_refusal(tmp_path, ro
     # An SAE is not a transcoder: circuit-tracer's export names what it reads.
     assert main(["export", str(tmp_path / "imp"), "--format", "circuit-tracer", "--out", str(tmp_path / "ct")]) == 1
     assert "reads 'resid_post.6'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_topk_transcoder_set_in_memory(rows, skip):
+    """TopK has no file form in circuit-tracer; the in-memory set (ReluTopK) encodes our rows as
+    jaxdict does, where circuit-tracer's own TopK (no ReLU) keeps negative winners."""
+    circuit_tracer()
+    import torch
+    from circuit_tracer.transcoder.activation_functions import TopK
+
+    from jaxdict.sae.circuit_tracer_torch import transcoder_set
+
+    raw = make_transcoder("topk", skip, rows["calibration"], seed=7)
+    # Most pre-activations negative, so that some tokens have fewer than k positive ones.
+    raw = RawTranscoder(raw.fields, {**raw.arrays, "b_enc": raw.arrays["b_enc"] - 3.0}, raw.input_hook,
+                        raw.output_hook, raw.model, raw.source)
+    ts = transcoder_set({LAYER: raw}, n_layers=18, input_hook="ln2.hook_normalized",
+                        norm_weights={LAYER: rows["norm_weight"]})
+    x = rows["mlp_in"]
+    hook_value = tl_hook_normalized(rows["resid_mid"], rows["eps"])
+    with torch.no_grad():
+        f_ct = ts.encode_layer(hook_value, LAYER)
+        y_ct = ts[LAYER].decode(f_ct, hook_value).numpy()
+        no_relu = TopK(raw.fields["k"])(ts.encode_layer(hook_value, LAYER, apply_activation_function=False))
+    f_ours = encode_reference(raw, x)
+    assert np.abs(f_ct.numpy() - f_ours).max() <= 1e-4
+    assert np.abs(y_ct - decode_reference(raw, f_ours, x)).max() <= 1e-4
+    short = ((f_ours > 0).sum(-1) < raw.fields["k"]).mean()
+    assert short > 0.1 and (no_relu < 0).any(), "the rows must show where the two TopKs differ"
+    assert ts.n_layers == 18 and not ts.encode_layer(hook_value, 3).any()

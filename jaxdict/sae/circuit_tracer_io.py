@@ -81,15 +81,16 @@ _JAXDICT_HOOK = re.compile(r"(mlp_in|mlp_out)\.(\d+)")
 _LAYER_FILE = re.compile(r"layer_(\d+)\.safetensors")
 
 
-def _check_exportable(layer: int, raw: RawTranscoder) -> None:
+def _check_exportable(layer: int, raw: RawTranscoder, allow_topk: bool = False) -> None:
     where = raw.source or f"layer {layer}"
     raw.check()
-    if raw.arch == "topk":
+    if raw.arch == "topk" and not allow_topk:
         raise InteropError(
             f"{where}: arch 'topk' cannot be exported for circuit-tracer: its loaders build only ReLU "
             "or JumpReLU from a file, and its TopK class keeps the k largest pre-activations without "
             "a ReLU (ours zeroes negative winners). Valid archs: relu_l1, jumprelu, batchtopk "
-            "(exported as its JumpReLU inference form)")
+            "(exported as its JumpReLU inference form); or build the set in memory with "
+            "jaxdict.sae.circuit_tracer_torch.transcoder_set, which gives TopK its ReLU")
     if not raw.is_transcoder:
         raise InteropError(f"{where}: an SAE (no d_out) is not a transcoder; circuit-tracer loads "
                            "transcoders that read mlp_in.L and write mlp_out.L")
@@ -130,21 +131,11 @@ def _yaml_scalar(v: Any) -> str:
     return json.dumps(v)  # a JSON string / number / bool / null is a valid YAML flow scalar
 
 
-def export_circuit_tracer(out_dir: str | Path, transcoders: Mapping[int, RawTranscoder], *,
-                          model_name: str = "google/gemma-3-270m", input_hook: str = "mlp.hook_in",
-                          norm_weights: Mapping[int, np.ndarray] | None = None,
-                          pad_missing_layers: bool = False, n_layers: int | None = None,
-                          scan: str | None = None) -> Path:
-    """Write `transcoders` ({layer: RawTranscoder}) in circuit-tracer's layout; returns the folder.
-
-    input_hook: "mlp.hook_in" (the nnsight backend; weights unchanged) or "ln2.hook_normalized"
-    (both backends; needs `norm_weights[L]`, the full pre-FFN norm multiplier 1 + w of each
-    exported layer, e.g. jaxdict.lm's params["layers"][L]["ffn_norm"], folded into W_enc/W_skip).
-    n_layers: the model's layer count. circuit-tracer's replacement model hooks and encodes every
-    layer of the model, so a set for a replacement model must cover all of them (padded).
-    """
-    from safetensors.numpy import save_file
-
+def layer_tensors(transcoders: Mapping[int, RawTranscoder], *, input_hook: str = "mlp.hook_in",
+                  norm_weights: Mapping[int, np.ndarray] | None = None, pad_missing_layers: bool = False,
+                  n_layers: int | None = None, allow_topk: bool = False) -> dict[int, dict[str, np.ndarray]]:
+    """{layer: circuit-tracer tensors} for every layer 0..n_layers-1 (padded ones inert), after the
+    checks and the norm fold that export_circuit_tracer documents."""
     if input_hook not in INPUT_HOOKS:
         raise InteropError(f"input_hook {input_hook!r}; valid: {', '.join(INPUT_HOOKS)}")
     if not transcoders:
@@ -152,7 +143,7 @@ def export_circuit_tracer(out_dir: str | Path, transcoders: Mapping[int, RawTran
     for layer, raw in transcoders.items():
         if not isinstance(layer, (int, np.integer)) or layer < 0:
             raise InteropError(f"layer {layer!r}: layers must be non-negative integers")
-        _check_exportable(int(layer), raw)
+        _check_exportable(int(layer), raw, allow_topk)
     widths = {raw.fields["n_features"] for raw in transcoders.values()}
     dims = {raw.fields["d_in"] for raw in transcoders.values()}
     skips = {bool(raw.fields.get("skip_connection")) for raw in transcoders.values()}
@@ -174,21 +165,46 @@ def export_circuit_tracer(out_dir: str | Path, transcoders: Mapping[int, RawTran
         if absent:
             raise InteropError(f"input_hook {input_hook!r} reads x / rms(x) without the norm weight: "
                                f"norm_weights (the pre-FFN multiplier 1 + w) needed for layers {absent}")
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     (F,), (d,), (skip,) = widths, dims, skips
+    out = {}
     for layer in range(top):
         raw = transcoders.get(layer)
         if raw is None:
-            tensors = _inert_layer(d, F, skip)
-        else:
-            g = None
-            if needs_fold:
-                g = np.asarray(norm_weights[layer], np.float32)
-                if g.shape != (d,):
-                    raise InteropError(f"norm_weights[{layer}] has shape {g.shape}, expected ({d},)")
-            tensors = _layer_tensors(raw, g)
-        save_file(tensors, str(out / LAYER_FILE.format(layer)))
+            out[layer] = _inert_layer(d, F, skip)
+            continue
+        g = None
+        if needs_fold:
+            g = np.asarray(norm_weights[layer], np.float32)
+            if g.shape != (d,):
+                raise InteropError(f"norm_weights[{layer}] has shape {g.shape}, expected ({d},)")
+        out[layer] = _layer_tensors(raw, g)
+    return out
+
+
+def export_circuit_tracer(out_dir: str | Path, transcoders: Mapping[int, RawTranscoder], *,
+                          model_name: str = "google/gemma-3-270m", input_hook: str = "mlp.hook_in",
+                          norm_weights: Mapping[int, np.ndarray] | None = None,
+                          pad_missing_layers: bool = False, n_layers: int | None = None,
+                          scan: str | None = None) -> Path:
+    """Write `transcoders` ({layer: RawTranscoder}) in circuit-tracer's layout; returns the folder.
+
+    input_hook: "mlp.hook_in" (the nnsight backend; weights unchanged) or "ln2.hook_normalized"
+    (both backends; needs `norm_weights[L]`, the full pre-FFN norm multiplier 1 + w of each
+    exported layer, e.g. jaxdict.lm's params["layers"][L]["ffn_norm"], folded into W_enc/W_skip).
+    n_layers: the model's layer count. circuit-tracer's replacement model hooks and encodes every
+    layer of the model, so a set for a replacement model must cover all of them (padded).
+    A TopK transcoder is refused here (no file form); `jaxdict.sae.circuit_tracer_torch` builds one
+    in memory.
+    """
+    from safetensors.numpy import save_file
+
+    tensors = layer_tensors(transcoders, input_hook=input_hook, norm_weights=norm_weights,
+                            pad_missing_layers=pad_missing_layers, n_layers=n_layers)
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    for layer, t in tensors.items():
+        save_file(t, str(out / LAYER_FILE.format(layer)))
+    missing = sorted(set(tensors) - set(transcoders))
     provenance = {str(layer): {"source": raw.source, "arch": raw.arch, "model": raw.model}
                   for layer, raw in sorted(transcoders.items())}
     lines = [f"model_kind: {_yaml_scalar('transcoder_set')}",

@@ -121,7 +121,7 @@ def decode_reference(raw: RawTranscoder, f: np.ndarray, x: np.ndarray) -> np.nda
 def raw_from_sae(sae: Any) -> RawTranscoder:
     """A loaded jaxdict SAE or transcoder (jaxdict.sae.inference.SAE, raw units) as a RawTranscoder.
 
-    A transcoder's target hook is in `sae.extra["target_hook"]` (as jaxdict.sae.io records it)."""
+    A transcoder's target hook is `sae.target_hook`."""
     cfg, p = sae.cfg, sae.params
     d_out = getattr(cfg, "d_out", None)
     skip = bool(getattr(cfg, "skip_connection", False))
@@ -135,7 +135,7 @@ def raw_from_sae(sae: Any) -> RawTranscoder:
         arrays["threshold"] = p.threshold
     if getattr(p, "W_skip", None) is not None:
         arrays["W_skip"] = p.W_skip
-    target = (sae.extra or {}).get("target_hook") if d_out is not None else None
+    target = (getattr(sae, "target_hook", None) or (sae.extra or {}).get("target_hook")) if d_out is not None else None
     return RawTranscoder(fields, as_float32(arrays), sae.hook, target, sae.model, sae.source).check()
 
 
@@ -150,5 +150,7 @@ def sae_from_raw(raw: RawTranscoder) -> Any:
     raw.check()
     cfg = SAEConfig(**raw.fields)
     params = SAEParams(**{k: jnp.asarray(v) for k, v in raw.arrays.items()})
-    extra = {"target_hook": raw.output_hook} if raw.output_hook else {}
-    return SAE(cfg=cfg, params=params, model=raw.model, hook=raw.input_hook, source=raw.source, extra=extra)
+    target = {"target_hook": raw.output_hook} if raw.output_hook else {}
+    if "target_hook" in {f.name for f in dataclasses.fields(SAE)}:
+        return SAE(cfg=cfg, params=params, model=raw.model, hook=raw.input_hook, source=raw.source, **target)
+    return SAE(cfg=cfg, params=params, model=raw.model, hook=raw.input_hook, source=raw.source, extra=target)
