@@ -80,7 +80,7 @@ def _activate(params: CLTParams, z, cfg: CLTConfig, mesh, train: bool):
     if cfg.arch == "jumprelu":
         return jumprelu(z, params.threshold, cfg.jumprelu_bandwidth), zero
     if cfg.arch == "batchtopk" and not train:  # the inference form: a JumpReLU at the EMA threshold
-        return z * (z > params.threshold[None]), zero
+        return z * (z > params.threshold[None]).astype(z.dtype), zero
     B, L, F = z.shape
     masks, stats = [], []
     for layer in range(L):
