@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", nargs="?", default="step", choices=["step", "steady", "train", "gemm", "loader", "harvest"],
+    parser.add_argument("what", nargs="?", default="step", choices=["step", "steady", "train", "gemm", "loader", "harvest", "clt"],
                         help="what to measure (default: step). steady: the TopK step with dead latents (AuxK "
                              "on) against the same step without AuxK, on one device, a 2x4 mesh and a sweep "
                              "axis of 4, alternating; train: whole runs, jaxdict train beside SAELens's "
@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dead-steps", type=int, default=100, help="train: dead window in steps (both runs)")
     parser.add_argument("--eval-rows", type=int, default=32768, help="train: held-out rows scored")
     parser.add_argument("--out", default="runs/bench/train_vs_saelens", help="train: folder of the runs")
+    parser.add_argument("--clt-layers", type=int, default=18, help="clt: layers L (Gemma 3 270M: 18)")
+    parser.add_argument("--clt-features", type=int, default=1024, help="clt: features per layer")
+    parser.add_argument("--clt-archs", default="jumprelu,topk,batchtopk",
+                        help="clt: comma-separated, of jumprelu, topk (sparse decode), topk-dense, batchtopk")
     parser.add_argument("--json", type=Path, default=None, help="write all numbers to this JSON file")
 
 
@@ -89,6 +93,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.what == "train":
         return _bench_train(args)
+    if args.what == "clt":
+        from jaxdict.clt.bench import run_clt_suite
+
+        _write_json(args.json, run_clt_suite(
+            n_layers=args.clt_layers, d_model=args.d_in, n_features=args.clt_features, batch_size=args.batch_size,
+            k=args.k, archs=args.clt_archs.split(","), mesh_shape=_parse_mesh(args.mesh), iters=args.iters))
+        return 0
     if args.what == "gemm":
         from jaxdict.bench.gemm import run_gemm_suite
 
