@@ -22,6 +22,8 @@ CONFIGS = {
                                jumprelu_bandwidth=0.5, init_threshold=0.2),
     "jumprelu_l1": CLTConfig(n_layers=L, d_model=D, n_features=F, arch="jumprelu", penalty="l1",
                              sparsity_coeff=0.01, jumprelu_bandwidth=0.5, init_threshold=0.2),
+    "jumprelu_l0_target": CLTConfig(n_layers=L, d_model=D, n_features=F, arch="jumprelu", penalty="l0_target",
+                                    target_l0=3.0, sparsity_coeff=1.0, jumprelu_bandwidth=0.5, init_threshold=0.2),
     "topk_dense": CLTConfig(n_layers=L, d_model=D, n_features=F, arch="topk", k=3),
     "topk_sparse": CLTConfig(n_layers=L, d_model=D, n_features=F, arch="topk", k=3, decode="sparse"),
     "batchtopk": CLTConfig(n_layers=L, d_model=D, n_features=F, arch="batchtopk", k=3),
@@ -55,6 +57,8 @@ def reference_loss(p, x, y, cfg: CLTConfig) -> tuple[float, np.ndarray]:
         norms = np.stack([np.sqrt(np.sum(block ** 2, axis=(1, 2))) for block in p.W_dec])  # [L, F]
         u = a * norms[None]
         penalty = np.mean(np.sum(np.tanh(cfg.tanh_scale * u) if cfg.penalty == "tanh" else u, axis=(1, 2)))
+        if cfg.penalty == "l0_target":
+            penalty = (np.mean(np.sum(z > p.threshold[None], axis=-1)) / cfg.target_l0 - 1) ** 2
     return mse + cfg.sparsity_coeff * penalty, y_hat
 
 
@@ -131,7 +135,7 @@ def run_steps(cfg, mesh_shape, data):
 
 # jumprelu_l1 differs from jumprelu_tanh only in the penalty's shape and topk_dense is compared with
 # topk_sparse on 2×4 below; both run with the slow tests to keep the default suite short on 2 cores.
-SLOW = {"jumprelu_l1", "topk_dense"}
+SLOW = {"jumprelu_l1", "jumprelu_l0_target", "topk_dense"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CONFIGS])
@@ -174,7 +178,20 @@ def test_sparse_and_dense_topk_agree(devices):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
 
 
+def test_l0_target_penalty_moves_thresholds_towards_the_target():
+    """At L0 above target the Heaviside STE's θ-gradient of (L0/T − 1)² is negative (raise θ)."""
+    cfg = CONFIGS["jumprelu_l0_target"]
+    params = _perturbed_params(cfg).replace(threshold=jnp.full((L, F), 0.05, jnp.float32))
+    x, _ = split_rows(jnp.asarray(planted_clt_rows(64, L, D, seed=8)), cfg)
+    z = forward(params, x, cfg).pre_acts
+    assert float(jnp.mean(jnp.sum(z > params.threshold[None], axis=-1))) > cfg.target_l0
+    grad = jax.grad(lambda p: sparsity_penalty(p, None, cfg, z))(params)
+    assert float(jnp.sum(grad.threshold)) < 0 and np.all(np.asarray(grad.threshold) <= 0)
+
+
 def test_config_refuses_bad_values():
+    with pytest.raises(CLTConfigError, match="needs target_l0"):
+        CLTConfig(n_layers=2, d_model=4, n_features=8, penalty="l0_target")
     with pytest.raises(CLTConfigError, match="k in"):
         CLTConfig(n_layers=2, d_model=4, n_features=8, arch="topk")
     with pytest.raises(CLTConfigError, match="arch 'relu'"):

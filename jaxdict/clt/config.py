@@ -15,8 +15,10 @@ import dataclasses
 
 ARCHS = ("jumprelu", "topk", "batchtopk")
 # "tanh": Ameisen et al. 2025's penalty; "l1": its untransformed form λ Σ a_i ‖W_dec,i‖ (Anthropic,
-# "Circuits Updates — April 2024"), both with the concatenated decoder norm.
-PENALTIES = ("tanh", "l1")
+# "Circuits Updates — April 2024"), both with the concatenated decoder norm; "l0_target": jaxdict's
+# JumpReLU recipe (jaxdict/sae/jumprelu_recipe.py, after Gemma Scope 2's quadratic L0 penalty),
+# λ·(L0/T − 1)² on the mean per-layer L0, through the Heaviside STE of Rajamanoharan et al. 2024.
+PENALTIES = ("tanh", "l1", "l0_target")
 
 
 class CLTConfigError(ValueError):
@@ -47,6 +49,7 @@ class CLTConfig:
     init_threshold: float = 0.1
     threshold_ema_decay: float = 0.99
     decode: str = "dense"
+    target_l0: float | None = None
 
     def __post_init__(self):
         for name in ("n_layers", "d_model", "n_features"):
@@ -63,6 +66,11 @@ class CLTConfig:
             raise CLTConfigError(f"k={self.k} is for topk/batchtopk; arch {self.arch!r} takes sparsity_coeff")
         if self.penalty not in PENALTIES:
             raise CLTConfigError(f"penalty {self.penalty!r}; valid: {', '.join(PENALTIES)}")
+        if (self.penalty == "l0_target") != (self.target_l0 is not None):
+            raise CLTConfigError(f"penalty 'l0_target' needs target_l0 (active features per token per layer) and "
+                                 f"target_l0 needs that penalty; got penalty={self.penalty!r}, target_l0={self.target_l0!r}")
+        if self.target_l0 is not None and not self.target_l0 > 0:
+            raise CLTConfigError(f"target_l0 must be > 0, got {self.target_l0!r}")
         for name in ("tanh_scale", "jumprelu_bandwidth", "init_threshold"):
             if not getattr(self, name) > 0:
                 raise CLTConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")

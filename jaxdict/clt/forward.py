@@ -23,7 +23,7 @@ from jaxdict.clt.params import CLTParams, decoder_norms
 from jaxdict.sae import sharded_ops
 from jaxdict.sae.axes import DATA, MODEL
 from jaxdict.sae.forward import smallest_positive_kept
-from jaxdict.sae.jumprelu import jumprelu
+from jaxdict.sae.jumprelu import heaviside_step, jumprelu
 
 
 @struct.dataclass
@@ -109,8 +109,14 @@ def forward(params: CLTParams, x: Float[Array, "B L d"], cfg: CLTConfig, mesh: M
     return CLTOutput(y_hat=dense_decode(params, a), pre_acts=z, latents=a, l0=l0, batch_threshold=batch_threshold)
 
 
-def sparsity_penalty(params: CLTParams, latents: Float[Array, "B L F"], cfg: CLTConfig) -> Float[Array, ""]:
-    """mean_b Σ_l Σ_i P(a_bli · ‖W_dec,i^l‖), before λ."""
+def sparsity_penalty(params: CLTParams, latents: Float[Array, "B L F"], cfg: CLTConfig,
+                     pre_acts: Float[Array, "B L F"] | None = None) -> Float[Array, ""]:
+    """mean_b Σ_l Σ_i P(a_bli · ‖W_dec,i^l‖), before λ; for "l0_target", (L0/T − 1)² with L0 the
+    mean over tokens and layers of Σ_i H(z_bli − θ_li)."""
+    if cfg.penalty == "l0_target":
+        fired = heaviside_step(pre_acts, params.threshold, cfg.jumprelu_bandwidth)
+        l0 = jnp.mean(jnp.sum(fired, axis=-1))
+        return jnp.square(l0 / jnp.float32(cfg.target_l0) - 1.0)
     scaled = latents * decoder_norms(params)[None]
     per_entry = jnp.tanh(cfg.tanh_scale * scaled) if cfg.penalty == "tanh" else scaled
     return jnp.mean(jnp.sum(per_entry, axis=(1, 2)))
@@ -123,7 +129,7 @@ def clt_loss(params: CLTParams, x, y, cfg: CLTConfig, mesh: Mesh | None = None):
     residual = y - out.y_hat
     per_layer_sq = jnp.mean(jnp.sum(jnp.square(residual), axis=-1), axis=0)  # [L]
     mse = jnp.sum(per_layer_sq)
-    penalty = sparsity_penalty(params, out.latents, cfg) if cfg.arch == "jumprelu" else jnp.float32(0)
+    penalty = sparsity_penalty(params, out.latents, cfg, out.pre_acts) if cfg.arch == "jumprelu" else jnp.float32(0)
     loss = mse + jnp.float32(cfg.sparsity_coeff) * penalty
     centred = y - jnp.mean(y, axis=0, keepdims=True)
     fvu = per_layer_sq / jnp.maximum(jnp.mean(jnp.sum(jnp.square(centred), axis=-1), axis=0), 1e-30)
