@@ -347,16 +347,6 @@ def jax_leaves(tree):
     return [np.asarray(a) for a in jax.tree.leaves(tree)]
 
 
-def restore_per_layer_rope(model) -> None:
-    """Undo circuit-tracer 0.5.0's `_deduplicate_attention_buffers` (TL backend), which gives every
-    block the last block's RoPE tables: Gemma 3's local layers use base 10^4 and its global layers
-    10^6, so one shared table is wrong on one kind (the reason its README sends Gemma 3 to nnsight)."""
-    for block in model.blocks:
-        attn = block.attn
-        attn.rotary_sin, attn.rotary_cos = attn.calculate_sin_cos_rotary(
-            attn.cfg.rotary_dim, attn.rotary_sin.shape[0], base=attn._rotary_base(), dtype=attn.cfg.dtype)
-
-
 @pytest.mark.slow
 def test_replacement_model_features_match_jaxdict(tmp_path, hf_gemma, rows):
     """circuit-tracer's ReplacementModel (TransformerLens backend, fold_ln=False) on the HF folder,
@@ -368,6 +358,8 @@ def test_replacement_model_features_match_jaxdict(tmp_path, hf_gemma, rows):
     import torch
     from circuit_tracer.replacement_model.replacement_model_transformerlens import (
         TransformerLensReplacementModel)
+
+    from jaxdict.sae.circuit_tracer_torch import restore_per_layer_rope
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local
     lm, _, hf, tok = hf_gemma

@@ -61,3 +61,14 @@ def transcoder_set(transcoders: Mapping[int, RawTranscoder], *, n_layers: int, i
         modules[layer] = tc
     assert input_hook in INPUT_HOOKS  # layer_tensors checked it
     return TranscoderSet(modules, feature_input_hook=input_hook, feature_output_hook=OUTPUT_HOOK, scan=scan)
+
+
+def restore_per_layer_rope(model) -> None:
+    """Undo circuit-tracer 0.5.0's `_deduplicate_attention_buffers` on a TransformerLens-backend
+    ReplacementModel, which gives every block the last block's RoPE tables: Gemma 3's local layers
+    use base 10^4 and its global layers 10^6 (TransformerLens's `_rotary_base`), so one shared table
+    is wrong for one kind (layer-9 features off by up to 3.8 on Gemma 3 270M; exact after this)."""
+    for block in model.blocks:
+        attn = block.attn
+        attn.rotary_sin, attn.rotary_cos = attn.calculate_sin_cos_rotary(
+            attn.cfg.rotary_dim, attn.rotary_sin.shape[0], base=attn._rotary_base(), dtype=attn.cfg.dtype)
