@@ -6,7 +6,7 @@ trainer, so evaluation jobs read checkpoints through it. The layout (format vers
     <run>/config.json               the resolved config
     <run>/metrics.jsonl, result.json, tb/, profile/      (written by jaxdict.train)
     <run>/checkpoints/<step>/       one Orbax CheckpointManager step; its items, one folder each:
-        params      StandardSave {"W_enc","b_enc","W_dec","b_dec",["threshold"],"input_scale"} — as
+        params      StandardSave {"W_enc","b_enc","W_dec","b_dec",["threshold"],["W_skip"],"input_scale"} — as
                     trained (on inputs · input_scale)
         state       StandardSave of the rest of the train state (version 1 also holds "rng", unused)
         data_iter   JsonSave of the loader's position
@@ -138,6 +138,8 @@ def params_item(params: SAEParams, input_scale: Any) -> dict[str, Any]:
     item = {"W_enc": params.W_enc, "b_enc": params.b_enc, "W_dec": params.W_dec, "b_dec": params.b_dec}
     if params.threshold is not None:
         item["threshold"] = params.threshold
+    if params.W_skip is not None:
+        item["W_skip"] = params.W_skip
     item["input_scale"] = input_scale
     return item
 
@@ -145,7 +147,7 @@ def params_item(params: SAEParams, input_scale: Any) -> dict[str, Any]:
 def params_from_item(item: dict[str, Any]) -> tuple[SAEParams, Any]:
     """(SAEParams, input_scale) from a params item."""
     params = SAEParams(W_enc=item["W_enc"], b_enc=item["b_enc"], W_dec=item["W_dec"], b_dec=item["b_dec"],
-                       threshold=item.get("threshold"))
+                       threshold=item.get("threshold"), W_skip=item.get("W_skip"))
     return params, item["input_scale"]
 
 

@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 DATA, MODEL = "data", "model"
 
 # Logical axis -> mesh axis (None: replicated).
-LOGICAL_AXES: dict[str, str | None] = {"batch": DATA, "features": MODEL, "d_in": None, "sweep": None}
+LOGICAL_AXES: dict[str, str | None] = {"batch": DATA, "features": MODEL, "d_in": None, "d_out": None, "sweep": None}
 
 
 def spec(*logical: str | None) -> P:

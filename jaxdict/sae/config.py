@@ -101,6 +101,14 @@ class SAEConfig:
     # Matryoshka prefix sizes, strictly increasing, the last = n_features (e.g. (512, 1024, 2048,
     # 4096)). None: one reconstruction loss over all latents, as before this field existed.
     matryoshka_prefixes: tuple[int, ...] | None = None
+    # Transcoder (Dunefsky et al. 2024): encode one hook (d_in, e.g. mlp_in.L) and reconstruct
+    # another of the same token (d_out, e.g. mlp_out.L): ŷ = W_dec f(W_enc x + b_enc) + b_dec
+    # [+ W_skip x]. None: an SAE (the target is the input). A transcoder's batch rows are
+    # [x | y] (jaxdict.data.PairedSource), split by jaxdict.sae.transcoder.split_batch.
+    d_out: int | None = None
+    # Skip transcoder (Paulo et al. 2025, "Transcoders beat sparse autoencoders for
+    # interpretability"): adds an affine skip W_skip x, W_skip [d_in, d_out] started at zero.
+    skip_connection: bool = False
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
@@ -114,6 +122,13 @@ class SAEConfig:
             raise ConfigError(
                 f"SAEConfig.k = {self.k} with n_features = {self.n_features}; need 1 <= k < n_features"
             )
+        if self.d_out is not None and (isinstance(self.d_out, bool) or not isinstance(self.d_out, int)
+                                       or self.d_out < 1):
+            raise ConfigError(f"SAEConfig.d_out = {self.d_out!r}; must be a positive integer (a transcoder's "
+                              "target width) or None (an SAE)")
+        if self.skip_connection and self.d_out is None:
+            raise ConfigError("SAEConfig.skip_connection = True needs a transcoder: set d_out (the target's "
+                              "width, e.g. 640 for Gemma 3 270M's mlp_out)")
         if self.aux_k is not None and not (1 <= self.aux_k <= self.n_features):
             raise ConfigError(f"SAEConfig.aux_k = {self.aux_k}; need 1 <= aux_k <= n_features or None")
         if self.aux_capacity is not None and not (1 <= self.aux_capacity <= self.n_features):
@@ -154,6 +169,20 @@ class SAEConfig:
     def effective_target_l0(self) -> float:
         """JumpReLU's L0 target: target_l0, else k capped at half the features."""
         return float(self.target_l0) if self.target_l0 is not None else float(min(self.k, self.n_features // 2))
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.d_out is not None
+
+    @property
+    def output_width(self) -> int:
+        """Width of the reconstruction: d_out for a transcoder, d_in for an SAE."""
+        return self.d_in if self.d_out is None else self.d_out
+
+    @property
+    def batch_width(self) -> int:
+        """Columns of a training batch: [x | y] for a transcoder, x for an SAE."""
+        return self.d_in + (self.d_out or 0)
 
     @property
     def has_threshold(self) -> bool:

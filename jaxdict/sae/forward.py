@@ -53,8 +53,10 @@ def constrain_sharding(a: Array, mesh: Mesh | None, spec: P) -> Array:
 
 
 def uses_pre_encoder_bias(cfg: SAEConfig) -> bool:
-    """TopK-family and JumpReLU subtract b_dec before encoding; Anthropic's ReLU-L1 recipe does not."""
-    return cfg.arch != "relu_l1"
+    """TopK-family and JumpReLU SAEs subtract b_dec before encoding; Anthropic's ReLU-L1 recipe does
+    not, and neither does a transcoder, whose b_dec lives in the output space (d_out), not the
+    input's (Dunefsky et al. 2024; circuit-tracer and sparsify encode x W_enc + b_enc)."""
+    return cfg.arch != "relu_l1" and not cfg.is_transcoder
 
 
 def effective_encoder_bias(params: SAEParams, cfg: SAEConfig) -> Float[Array, " F"]:
@@ -81,13 +83,33 @@ def dense_decode(params: SAEParams, f: Float[Array, "B F"], cfg: SAEConfig) -> F
     return jnp.dot(f.astype(cdt), params.W_dec.astype(cdt), preferred_element_type=jnp.float32) + params.b_dec
 
 
+def skip_term(params: SAEParams, x: Float[Array, "B d_in"], cfg: SAEConfig) -> Float[Array, "B d_out"] | None:
+    """A skip transcoder's x W_skip (Paulo et al. 2025), None without a skip connection."""
+    if params.W_skip is None:
+        return None
+    cdt = jnp.dtype(cfg.compute_dtype)
+    return jnp.dot(x.astype(cdt), params.W_skip.astype(cdt), preferred_element_type=jnp.float32)
+
+
 def forward(
     params: SAEParams, x: Float[Array, "B d"], cfg: SAEConfig, mesh: Mesh | None = None, *, train: bool = True
 ) -> ForwardOutput:
-    """Encode and decode a batch. `train=False` uses BatchTopK's learned threshold (a JumpReLU)."""
+    """Encode and decode a batch. `train=False` uses BatchTopK's learned threshold (a JumpReLU).
+
+    x is the encoder's input [B, d_in]; x_hat is the reconstruction [B, d_out] (of x for an SAE,
+    of the target for a transcoder, skip term included)."""
     # numpy params (e.g. restored for evaluation) cannot be indexed by traced indices in the scans
     # of the sparse decoder; make them jax arrays (a no-op for jax arrays).
     params = jax.tree.map(jnp.asarray, params)
+    out = _encode_decode(params, x, cfg, mesh, train)
+    skip = skip_term(params, x, cfg)
+    if skip is None:
+        return out
+    return out.replace(x_hat=out.x_hat + skip,
+                       prefix_x_hat=None if out.prefix_x_hat is None else out.prefix_x_hat + skip[None])
+
+
+def _encode_decode(params: SAEParams, x, cfg: SAEConfig, mesh: Mesh | None, train: bool) -> ForwardOutput:
     z = pre_activations(params, x, cfg, mesh)
     zero = jnp.zeros((), jnp.float32)
     if cfg.arch == "relu_l1":

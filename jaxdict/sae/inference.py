@@ -3,6 +3,8 @@
 Training works on x · input_scale; here the scale is already folded into the parameters
 (`fold_input_scale`), so `encode` takes activations exactly as the language model produces them.
 BatchTopK runs as a JumpReLU with its learned threshold (inference mode, `train=False`).
+A transcoder (cfg.d_out set) encodes its input hook and decodes to its target hook: `decode(f, x)`
+adds a skip transcoder's x W_skip, so it needs the input x as well as the latents.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from jaxtyping import Array, Float
 
 from jaxdict.sae.axes import MODEL
 from jaxdict.sae.config import SAEConfig
-from jaxdict.sae.forward import ForwardOutput, dense_decode, dense_latents, forward
+from jaxdict.sae.forward import ForwardOutput, dense_decode, dense_latents, forward, skip_term
 from jaxdict.sae.params import SAEParams
 
 
@@ -34,8 +36,21 @@ def _encode_flat(params: SAEParams, x: Float[Array, "B d"], cfg: SAEConfig) -> F
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _decode_flat(params: SAEParams, f: Float[Array, "B F"], cfg: SAEConfig) -> Float[Array, "B d"]:
-    return dense_decode(params, f.astype(jnp.float32), cfg)
+def _decode_flat(params: SAEParams, f: Float[Array, "B F"], cfg: SAEConfig,
+                 x: Float[Array, "B d_in"] | None = None) -> Float[Array, "B d"]:
+    return decode_with_skip(params, f.astype(jnp.float32), cfg, x)
+
+
+def decode_with_skip(params: SAEParams, f: Float[Array, "B F"], cfg: SAEConfig,
+                     x: Float[Array, "B d_in"] | None) -> Float[Array, "B d_out"]:
+    """f W_dec + b_dec, plus x W_skip for a skip transcoder (which then needs its input x)."""
+    x_hat = dense_decode(params, f, cfg)
+    if params.W_skip is None:
+        return x_hat
+    if x is None:
+        raise ValueError("a skip transcoder's reconstruction is W_dec f + b_dec + W_skip x: pass its input x "
+                         f"([..., {cfg.d_in}]) to decode")
+    return x_hat + skip_term(params, x.astype(jnp.float32), cfg)
 
 
 def encode_raw(params: SAEParams, x: Float[Array, "... d"], cfg: SAEConfig) -> Float[Array, "... F"]:
@@ -45,10 +60,13 @@ def encode_raw(params: SAEParams, x: Float[Array, "... d"], cfg: SAEConfig) -> F
     return dense_latents(out, cfg.n_features).reshape(*lead, cfg.n_features)
 
 
-def decode_raw(params: SAEParams, f: Float[Array, "... F"], cfg: SAEConfig) -> Float[Array, "... d"]:
-    """Reconstruction in raw units from dense latents of any leading shape (traceable)."""
+def decode_raw(params: SAEParams, f: Float[Array, "... F"], cfg: SAEConfig,
+               x: Float[Array, "... d_in"] | None = None) -> Float[Array, "... d"]:
+    """Reconstruction in raw units from dense latents of any leading shape (traceable); `x`: a skip
+    transcoder's input, for its W_skip term."""
     lead = f.shape[:-1]
-    x_hat = dense_decode(params, f.reshape(-1, f.shape[-1]).astype(jnp.float32), cfg)
+    x_flat = None if x is None else x.reshape(-1, x.shape[-1])
+    x_hat = decode_with_skip(params, f.reshape(-1, f.shape[-1]).astype(jnp.float32), cfg, x_flat)
     return x_hat.reshape(*lead, x_hat.shape[-1])
 
 
@@ -79,6 +97,11 @@ class SAE:
     def n_features(self) -> int:
         return self.cfg.n_features
 
+    @property
+    def d_out(self) -> int:
+        """Width of the reconstruction: d_in for an SAE, the target hook's for a transcoder."""
+        return self.cfg.output_width
+
     def _check_width(self, a: Any, width: int, what: str) -> jax.Array:
         a = jnp.asarray(a)
         if a.ndim < 1 or a.shape[-1] != width:
@@ -92,11 +115,14 @@ class SAE:
         f = _encode_flat(self.params, x.reshape(-1, self.d_in), self.cfg)
         return f.reshape(*lead, self.n_features)
 
-    def decode(self, f: Float[Array, "... F"]) -> Float[Array, "... d"]:
-        """Reconstruction x̂ [..., d_in] in raw units from latents f [..., F]."""
+    def decode(self, f: Float[Array, "... F"], x: Float[Array, "... d"] | None = None) -> Float[Array, "... d"]:
+        """Reconstruction [..., d_out] in raw units from latents f [..., F] (d_out = d_in for an SAE).
+        A skip transcoder also needs its input x [..., d_in] for the W_skip term."""
         f = self._check_width(f, self.n_features, "f (latents)")
         lead = f.shape[:-1]
-        return _decode_flat(self.params, f.reshape(-1, self.n_features), self.cfg).reshape(*lead, self.d_in)
+        x_flat = None if x is None else self._check_width(x, self.d_in, "x (activations)").reshape(-1, self.d_in)
+        x_hat = _decode_flat(self.params, f.reshape(-1, self.n_features), self.cfg, x_flat)
+        return x_hat.reshape(*lead, self.d_out)
 
     def forward(self, x: Float[Array, "B d"]) -> ForwardOutput:
         """The full ForwardOutput (x_hat, pre_acts, latents, l0, ...) for a batch x [B, d_in]."""
@@ -106,9 +132,11 @@ class SAE:
         return _forward_flat(self.params, x, self.cfg)
 
     def reconstruct(self, x: Float[Array, "... d"]) -> Float[Array, "... d"]:
+        """x̂ [..., d_out] of x [..., d_in]: the SAE's reconstruction, or a transcoder's prediction of
+        its target hook."""
         x = self._check_width(x, self.d_in, "x (activations)")
         lead = x.shape[:-1]
-        return self.forward(x.reshape(-1, self.d_in)).x_hat.reshape(*lead, self.d_in)
+        return self.forward(x.reshape(-1, self.d_in)).x_hat.reshape(*lead, self.d_out)
 
     def check_feature(self, index: int) -> int:
         """The feature index as int, or a ValueError naming the valid range."""
@@ -135,7 +163,8 @@ class SAE:
         """Place the parameters on `mesh`, features split over its `model` axis (if it has one)."""
         feat = MODEL if MODEL in mesh.axis_names else None
         specs = SAEParams(W_enc=P(None, feat), b_enc=P(feat), W_dec=P(feat, None), b_dec=P(),
-                          threshold=None if self.params.threshold is None else P(feat))
+                          threshold=None if self.params.threshold is None else P(feat),
+                          W_skip=None if self.params.W_skip is None else P())
         placed = jax.tree.map(lambda a, s: jax.device_put(a, NamedSharding(mesh, s)), self.params, specs)
         return dataclasses.replace(self, params=placed)
 

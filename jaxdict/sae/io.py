@@ -29,6 +29,7 @@ from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.forward import uses_pre_encoder_bias
 from jaxdict.sae.inference import SAE
 from jaxdict.sae.params import SAEParams, fold_input_scale, init_params
+from jaxdict.sae.transcoder import unit_input_scale
 
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -126,7 +127,7 @@ def load_run(run_dir: str | Path, step: int | None = None) -> SAE:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     try:
         loaded = layout.load_or_init(
-            lambda key: layout.params_item(init_params(cfg, key), jnp.float32(1.0)), jax.random.PRNGKey(0),
+            lambda key: layout.params_item(init_params(cfg, key), unit_input_scale(cfg)), jax.random.PRNGKey(0),
             shardings=lambda abstract: jax.tree.map(lambda _: device, abstract),
             run_dir=run_dir, step=steps[-1] if step is None else step, init_if_missing=False)
     except layout.CheckpointError as e:
@@ -135,24 +136,28 @@ def load_run(run_dir: str | Path, step: int | None = None) -> SAE:
     params = fold_input_scale(params, input_scale)
     return SAE(cfg=cfg, params=params, model=data.get("model"), hook=data.get("hook"),
                source=str(run_dir), step=int(loaded.step),
-               extra={"input_scale": float(np.asarray(input_scale)), "store": data.get("store"),
+               extra={"input_scale": np.asarray(input_scale).tolist(), "store": data.get("store"),
+                      "target_store": data.get("target_store") or None,
+                      "target_hook": data.get("target_hook") or None,
                       "eval_fraction": data.get("eval_fraction")})
 
 
 def _params_from_arrays(arrays: dict[str, Any], cfg: SAEConfig, where: str) -> SAEParams:
-    d, F = cfg.d_in, cfg.n_features
-    want = {"W_enc": (d, F), "b_enc": (F,), "W_dec": (F, d), "b_dec": (d,)}
+    d, F, d_out = cfg.d_in, cfg.n_features, cfg.output_width
+    want = {"W_enc": (d, F), "b_enc": (F,), "W_dec": (F, d_out), "b_dec": (d_out,)}
     if cfg.has_threshold:
         want["threshold"] = (F,)
+    if cfg.skip_connection:
+        want["W_skip"] = (d, d_out)
     for name, shape in want.items():
         if name not in arrays:
             raise SAELoadError(f"{where}: missing array {name!r} (needed for arch {cfg.arch!r})")
         if tuple(np.shape(arrays[name])) != shape:
             raise SAELoadError(f"{where}: {name} has shape {tuple(np.shape(arrays[name]))}, "
-                               f"expected {shape} for d_in={d}, n_features={F}")
+                               f"expected {shape} for d_in={d}, n_features={F}, d_out={d_out}")
     as32 = {k: jnp.asarray(np.asarray(arrays[k], np.float32)) for k in want}
     return SAEParams(W_enc=as32["W_enc"], b_enc=as32["b_enc"], W_dec=as32["W_dec"],
-                     b_dec=as32["b_dec"], threshold=as32.get("threshold"))
+                     b_dec=as32["b_dec"], threshold=as32.get("threshold"), W_skip=as32.get("W_skip"))
 
 
 def _from_external(arrays: dict[str, np.ndarray], cfg: SAEConfig, b_dec_subtracted: bool,
@@ -163,6 +168,13 @@ def _from_external(arrays: dict[str, np.ndarray], cfg: SAEConfig, b_dec_subtract
     where the conventions differ the difference b_dec·W_enc moves into b_enc, which is exact.
     """
     arrays = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
+    if cfg.is_transcoder:
+        # A transcoder's b_dec is in the output space; no convention subtracts it from the input.
+        if b_dec_subtracted:
+            raise SAELoadError(f"{where}: a transcoder with apply_b_dec_to_input=true; its b_dec "
+                               f"({cfg.output_width} wide) lives in the output space and cannot be subtracted "
+                               f"from the {cfg.d_in}-wide input")
+        return _params_from_arrays(arrays, cfg, where)
     b_enc = arrays["b_enc"].astype(np.float64)
     shift = arrays["b_dec"].astype(np.float64) @ arrays["W_enc"].astype(np.float64)
     ours = uses_pre_encoder_bias(cfg)
@@ -185,13 +197,32 @@ _SAELENS_ARCH = {"relu_l1": "standard", "topk": "topk", "jumprelu": "jumprelu",
 # load, as it reads our files as pre-6.0 ones) and for our own loader (via the jaxdict section).
 
 
+def saelens_architecture(cfg: SAEConfig) -> str:
+    """SAELens's architecture name for this SAE or transcoder, or SAELoadError when it has none.
+
+    SAELens 6.54 has inference classes for ReLU and JumpReLU transcoders, with and without a skip
+    connection (sae_lens/saes/transcoder.py), but no TopK transcoder: a TopK transcoder is refused
+    (BatchTopK exports as the JumpReLU it is at inference)."""
+    arch = _SAELENS_ARCH[cfg.arch]
+    if not cfg.is_transcoder:
+        return arch
+    if cfg.arch == "topk":
+        raise SAELoadError("SAELens 6.54 has no TopK transcoder class (transcoder, skip_transcoder, "
+                           "jumprelu_transcoder, jumprelu_skip_transcoder); export a relu_l1, jumprelu or "
+                           "batchtopk transcoder, or use the circuit-tracer export")
+    base = "jumprelu_" if arch == "jumprelu" else ""
+    return f"{base}{'skip_' if cfg.skip_connection else ''}transcoder"
+
+
 def export_saelens(sae: SAE, out_dir: str | Path) -> Path:
     """Write `cfg.json` + `sae_weights.safetensors` (raw units: normalize_activations "none").
 
-    Also writes `max_activations.npy` when known. Returns the folder.
+    Also writes `max_activations.npy` when known. Returns the folder. A transcoder is written as
+    SAELens's transcoder classes read it: d_out in cfg.json and W_skip as [d_out, d_in].
     """
     from safetensors.numpy import save_file
 
+    architecture = saelens_architecture(sae.cfg)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     cfg = sae.cfg
@@ -201,6 +232,9 @@ def export_saelens(sae: SAE, out_dir: str | Path) -> Path:
                "W_dec": np.asarray(p.W_dec, np.float32), "b_dec": np.asarray(p.b_dec, np.float32)}
     if cfg.has_threshold:
         tensors["threshold"] = np.asarray(p.threshold, np.float32)
+    if p.W_skip is not None:
+        # SAELens's SkipTranscoder computes x @ W_skip.T: its W_skip is [d_out, d_in].
+        tensors["W_skip"] = np.asarray(p.W_skip, np.float32).T
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / SAELENS_WEIGHTS))
     layer = _LAYER_HOOK.fullmatch(sae.hook or "")
     meta = {"model_name": HF_MODEL_IDS.get(sae.model, sae.model), "hook_name": hook_to_saelens(sae.hook),
@@ -209,8 +243,9 @@ def export_saelens(sae: SAE, out_dir: str | Path) -> Path:
     if cfg.matryoshka_prefixes is not None:
         meta["matryoshka_widths"] = list(cfg.matryoshka_prefixes)
     doc = {
-        "architecture": _SAELENS_ARCH[cfg.arch],
+        "architecture": architecture,
         "d_in": cfg.d_in,
+        **({"d_out": cfg.d_out} if cfg.is_transcoder else {}),
         "d_sae": cfg.n_features,
         "dtype": "float32",
         "device": "cpu",
@@ -264,7 +299,10 @@ def load_saelens(folder: str | Path) -> SAE:
         model, hook = ours.get("model", model), ours.get("hook", hook)
     else:
         cfg = _saelens_config(doc, folder)
-    params = _from_external(arrays, cfg, bool(doc.get("apply_b_dec_to_input", True)), str(weights))
+    if "W_skip" in arrays:
+        arrays = {**arrays, "W_skip": np.asarray(arrays["W_skip"]).T}  # SAELens: [d_out, d_in]
+    params = _from_external(arrays, cfg, bool(doc.get("apply_b_dec_to_input", not cfg.is_transcoder)),
+                            str(weights))
     return SAE(cfg=cfg, params=params, model=model, hook=hook, source=str(folder),
                step=ours.get("step") if ours else None)
 
@@ -275,12 +313,16 @@ def _saelens_config(doc: dict[str, Any], folder: Path) -> SAEConfig:
     k = doc.get("k") or (doc.get("activation_fn_kwargs") or {}).get("k")
     if arch == "standard" and act == "topk":
         arch = "topk"  # SAELens < 6 wrote TopK SAEs as "standard" with activation_fn "topk"
-    ours = {"standard": "relu_l1", "topk": "topk", "jumprelu": "jumprelu"}.get(arch)
+    transcoders = {"transcoder": ("relu_l1", False), "skip_transcoder": ("relu_l1", True),
+                   "jumprelu_transcoder": ("jumprelu", False), "jumprelu_skip_transcoder": ("jumprelu", True)}
+    ours = {"standard": "relu_l1", "topk": "topk", "jumprelu": "jumprelu"}.get(arch) or transcoders.get(arch, (None,))[0]
     if ours is None:
-        raise SAELoadError(f"{folder / SAELENS_CFG}: architecture {arch!r} is not supported; "
-                           "valid: standard, topk, jumprelu")
+        raise SAELoadError(f"{folder / SAELENS_CFG}: architecture {arch!r} is not supported; valid: standard, "
+                           f"topk, jumprelu, {', '.join(transcoders)}")
     try:
         fields: dict[str, Any] = {"arch": ours, "d_in": int(doc["d_in"]), "n_features": int(doc["d_sae"])}
+        if arch in transcoders:
+            fields.update(d_out=int(doc["d_out"]), skip_connection=transcoders[arch][1])
     except KeyError as e:
         raise SAELoadError(f"{folder / SAELENS_CFG} lacks the field {e.args[0]!r}") from e
     if ours == "topk":

@@ -53,14 +53,18 @@ class PreActStats:
     variance: float
 
 
-def measure_preacts(cfg: SAEConfig, W_enc: np.ndarray, b_dec: np.ndarray, x: np.ndarray) -> PreActStats:
-    """z = (x − b_dec) W_enc at initialisation (b_enc = 0) on the normalised rows `x` [N, d]."""
+def measure_preacts(cfg: SAEConfig, W_enc: np.ndarray, b_dec: np.ndarray, x: np.ndarray,
+                    target: np.ndarray | None = None) -> PreActStats:
+    """z = (x − b_dec) W_enc at initialisation (b_enc = 0) on the normalised rows `x` [N, d], and the
+    variance of what is reconstructed: `target` (a transcoder's output rows), else x itself."""
     x = np.asarray(x, np.float64)
-    x = x[np.all(np.isfinite(x), axis=1)]
+    y = x if target is None else np.asarray(target, np.float64)
+    finite = np.all(np.isfinite(x), axis=1) & np.all(np.isfinite(y), axis=1)
+    x, y = x[finite], y[finite]
     if len(x) < 2:
         raise ValueError(f"need at least 2 finite rows to measure the pre-activations, got {len(x)}")
     z = (x - np.asarray(b_dec, np.float64)) @ np.asarray(W_enc, np.float64)
-    variance = float(np.mean(np.sum(np.square(x - x.mean(axis=0)), axis=1)))
+    variance = float(np.mean(np.sum(np.square(y - y.mean(axis=0)), axis=1)))
     return PreActStats(spread=float(np.std(z)), variance=variance)
 
 

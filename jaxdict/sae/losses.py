@@ -12,9 +12,10 @@ from jaxtyping import Array, Bool, Float, Int
 
 from jaxdict.sae import auxk, jumprelu_recipe, matryoshka
 from jaxdict.sae.config import SAEConfig
-from jaxdict.sae.forward import ForwardOutput, forward
+from jaxdict.sae.forward import ForwardOutput, forward, skip_term
 from jaxdict.sae.params import SAEParams, decoder_row_norms
 from jaxdict.sae.relu_l1 import relu_l1_encode_decode
+from jaxdict.sae.transcoder import split_batch
 
 
 def per_token_sq_error(x: Float[Array, "B d"], x_hat: Float[Array, "B d"]) -> Float[Array, " B"]:
@@ -33,9 +34,11 @@ def _data_variance(x: Float[Array, "B d"]) -> Float[Array, ""]:
     return jnp.mean(jnp.sum(jnp.square(x - jnp.mean(x, axis=0, keepdims=True)), axis=-1))
 
 
-def _relu_l1_loss(params, x, cfg, mesh, sparsity_coeff):
+def _relu_l1_loss(params, x, target, cfg, mesh, sparsity_coeff):
     x_hat, colsum, counts = relu_l1_encode_decode(params, x, cfg, mesh)
-    mse = jnp.mean(per_token_sq_error(x, x_hat))
+    skip = skip_term(params, x, cfg)
+    x_hat = x_hat if skip is None else x_hat + skip
+    mse = jnp.mean(per_token_sq_error(target, x_hat))
     # λ Σ_i f_i ‖W_dec,i‖ (Anthropic April 2024): the decoder norm lives in the penalty. Its mean
     # over tokens is colsum(f) · norms / B, and colsum(f) comes from the relu pass itself.
     penalty = jnp.dot(colsum, decoder_row_norms(params)) / jnp.float32(x.shape[0])
@@ -70,7 +73,8 @@ def sae_loss(
     step: Int[Array, ""] | None = None,
     n_dead_max: Int[Array, ""] | None = None,
 ) -> tuple[Float[Array, ""], tuple[ForwardOutput, dict[str, Array]]]:
-    """Total loss and its parts. `sparsity_coeff` is λ (ReLU-L1, after warm-up) or the L0/tanh
+    """Total loss and its parts on a normalised batch x (an SAE's [B, d_in], a transcoder's
+    [B, d_in + d_out] rows [x | y], see sae/transcoder.py). `sparsity_coeff` is λ (ReLU-L1, after warm-up) or the L0/tanh
     coefficient (JumpReLU); TopK-family ignore it. `dead` marks latents eligible for AuxK; `step`
     moves AuxK's window when more are dead than its buffer holds; `n_dead_max` (default: the
     number dead) sizes that buffer — under a sweep axis, the most dead of any member.
@@ -78,10 +82,11 @@ def sae_loss(
     For ReLU-L1 the returned ForwardOutput carries x_hat and fire_counts only (pre_acts, latents
     and l0 are None): its [B, F] arrays are never materialised apart from f inside the fused
     encode/decode (jaxdict/sae/relu_l1.py); call `forward` for them."""
+    x, target = split_batch(x, cfg)
     if cfg.arch == "relu_l1":
-        return _relu_l1_loss(params, x, cfg, mesh, sparsity_coeff)
+        return _relu_l1_loss(params, x, target, cfg, mesh, sparsity_coeff)
     out = forward(params, x, cfg, mesh, train=True)
-    loss, parts = _reconstruction_loss(x, out, cfg)
+    loss, parts = _reconstruction_loss(target, out, cfg)
     if cfg.arch == "jumprelu":
         norms = decoder_row_norms(params)
         penalty = jumprelu_recipe.sparsity_penalty(out.pre_acts, out.latents, params.threshold, norms, cfg)
@@ -94,10 +99,10 @@ def sae_loss(
         zero = jnp.zeros((), jnp.float32)
         parts.update(aux_loss=zero, aux_dead_latents=jnp.sum(dead, dtype=jnp.float32), aux_grad_latents=zero)
     else:
-        residual = jax.lax.stop_gradient(x.astype(jnp.float32) - out.x_hat)
+        residual = jax.lax.stop_gradient(target.astype(jnp.float32) - out.x_hat)
         n_dead = jnp.sum(dead, dtype=jnp.int32) if n_dead_max is None else n_dead_max
         aux, counts = auxk.aux_k_loss(params, x, residual, dead, jnp.int32(0) if step is None else step,
                                       n_dead, cfg, mesh, pre_acts=out.pre_acts)
         parts.update(counts, aux_loss=aux)
-        loss = loss + cfg.aux_coeff * aux * _data_variance(x)
+        loss = loss + cfg.aux_coeff * aux * _data_variance(target)
     return loss, (out, parts)

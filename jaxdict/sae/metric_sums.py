@@ -20,6 +20,7 @@ from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.forward import forward
 from jaxdict.sae.matryoshka import prefix_active_counts
 from jaxdict.sae.params import SAEParams
+from jaxdict.sae.transcoder import split_batch
 
 # "dense" latents fire on more than 10 % of tokens (DESIGN.md §4).
 DENSE_FIRING_RATE = 0.1
@@ -27,9 +28,12 @@ DENSE_FIRING_RATE = 0.1
 
 def reconstruction_sums(params: SAEParams, x: jax.Array, shift: jax.Array, cfg: SAEConfig,
                         mesh: Mesh | None) -> dict[str, jax.Array]:
-    """Per-batch sums of the inference forward pass on x [B, d] (in the units `params` take)."""
-    x = x.astype(jnp.float32)
-    out = forward(params, x, cfg, mesh, train=False)
+    """Per-batch sums of the inference forward pass on x [B, d] (in the units `params` take). For a
+    transcoder x is [B, d_in + d_out] rows [x | y] and `shift` [d_in + d_out]; the sums are of the
+    target y (fvu of the MLP output, not of its input)."""
+    x_in, x = split_batch(x.astype(jnp.float32), cfg)
+    _, shift = split_batch(shift, cfg)
+    out = forward(params, x_in, cfg, mesh, train=False)
     centred = x - shift
     sums = {
         "resid_sq": jnp.sum(jnp.square(x - out.x_hat)),

@@ -14,7 +14,8 @@ from jaxdict.sae.config import SAEConfig
 
 @struct.dataclass
 class SAEParams:
-    """W_enc [d_in, F], b_enc [F], W_dec [F, d_in], b_dec [d_in], threshold [F] or None.
+    """W_enc [d_in, F], b_enc [F], W_dec [F, d_out], b_dec [d_out], threshold [F] or None, and a
+    skip transcoder's W_skip [d_in, d_out] (None otherwise). d_out = d_in for an SAE.
 
     Parameters act on *normalised* inputs (x · input_scale) during training; `fold_input_scale`
     turns them into parameters that act on raw activations.
@@ -25,6 +26,7 @@ class SAEParams:
     W_dec: Float[Array, "F d_in"]
     b_dec: Float[Array, " d_in"]
     threshold: Optional[Float[Array, " F"]] = None
+    W_skip: Optional[Float[Array, "d_in d_out"]] = None
 
 
 def init_params(cfg: SAEConfig, key: jax.Array) -> SAEParams:
@@ -33,11 +35,14 @@ def init_params(cfg: SAEConfig, key: jax.Array) -> SAEParams:
     ReLU-L1: decoder rows random directions of norm 0.1, W_enc = W_decᵀ, zero biases (Anthropic,
     April 2024 update). TopK / BatchTopK / JumpReLU: unit-norm decoder rows with W_enc = W_decᵀ
     (Gao et al. 2024 §2.4 "tied init"; Gemma Scope App. B), JumpReLU θ = θ₀ (jumprelu_recipe).
+    Transcoders: input and output spaces differ, so no tied init: encoder columns and decoder rows
+    are independent random directions of the same norms, and a skip transcoder's W_skip starts at
+    zero (Paulo et al. 2025), so training starts from the plain transcoder.
     """
-    directions = jax.random.normal(key, (cfg.n_features, cfg.d_in), dtype=jnp.float32)
-    directions = directions / jnp.linalg.norm(directions, axis=-1, keepdims=True)
-    norm = cfg.dec_init_norm if cfg.arch == "relu_l1" else 1.0
-    W_dec = directions * jnp.float32(norm)
+    norm = jnp.float32(cfg.dec_init_norm if cfg.arch == "relu_l1" else 1.0)
+    dec_key, enc_key = jax.random.split(key) if cfg.is_transcoder else (key, None)
+    W_dec = random_directions(dec_key, cfg.n_features, cfg.output_width) * norm
+    W_enc = W_dec.T if enc_key is None else random_directions(enc_key, cfg.n_features, cfg.d_in).T * norm
     threshold = None
     if cfg.arch == "jumprelu":
         threshold = jnp.full((cfg.n_features,), jumprelu_recipe.init_threshold(cfg), jnp.float32)
@@ -45,22 +50,36 @@ def init_params(cfg: SAEConfig, key: jax.Array) -> SAEParams:
         # Learned from data during training (EMA); 0 means "not yet estimated".
         threshold = jnp.zeros((cfg.n_features,), jnp.float32)
     return SAEParams(
-        W_enc=W_dec.T,
+        W_enc=W_enc,
         b_enc=jnp.zeros((cfg.n_features,), jnp.float32),
         W_dec=W_dec,
-        b_dec=jnp.zeros((cfg.d_in,), jnp.float32),
+        b_dec=jnp.zeros((cfg.output_width,), jnp.float32),
         threshold=threshold,
+        W_skip=jnp.zeros((cfg.d_in, cfg.output_width), jnp.float32) if cfg.skip_connection else None,
     )
+
+
+def random_directions(key: jax.Array, n: int, width: int) -> Float[Array, "n width"]:
+    """n unit vectors of `width`, uniformly random in direction."""
+    directions = jax.random.normal(key, (n, width), dtype=jnp.float32)
+    return directions / jnp.linalg.norm(directions, axis=-1, keepdims=True)
 
 
 def fold_input_scale(params: SAEParams, input_scale: float | jax.Array) -> SAEParams:
     """Parameters for raw activations, given those trained on x · input_scale.
 
-    Encoding raw x: (s·x − b_dec) W_enc = (x − b_dec/s)(s·W_enc); decoding back to raw units divides
-    the decoder and its bias by s. Thresholds act on latents, which do not change.
+    SAE (one scale s): encoding raw x, (s·x − b_dec) W_enc = (x − b_dec/s)(s·W_enc); decoding back
+    to raw units divides the decoder and its bias by s. Transcoder (input_scale = (s_in, s_out)):
+    z = (s_in·x) W_enc + b_enc, and raw ŷ = (f W_dec + b_dec + (s_in·x) W_skip) / s_out, so W_enc
+    takes s_in, W_dec and b_dec 1/s_out, and W_skip s_in/s_out. Thresholds act on latents, which do
+    not change.
     """
     s = jnp.asarray(input_scale, jnp.float32)
-    return params.replace(W_enc=params.W_enc * s, W_dec=params.W_dec / s, b_dec=params.b_dec / s)
+    s_in, s_out = (s, s) if s.ndim == 0 else (s[0], s[1])
+    folded = params.replace(W_enc=params.W_enc * s_in, W_dec=params.W_dec / s_out, b_dec=params.b_dec / s_out)
+    if params.W_skip is not None:
+        folded = folded.replace(W_skip=params.W_skip * (s_in / s_out))
+    return folded
 
 
 def decoder_row_norms(params: SAEParams) -> Float[Array, " F"]:

@@ -30,6 +30,10 @@ class DataConfig:
     store: str = ""
     model: str = ""  # expected store metadata; "" = accept the store's (the resolved config records it)
     hook: str = ""
+    # A transcoder's target: a store row-aligned with `store` (harvested in the same run, e.g.
+    # store acts/mlp_in.9, target_store acts/mlp_out.9), and the hook it must hold ("" = accept).
+    target_store: str = ""
+    target_hook: str = ""
     batch_size: int = 4096
     eval_fraction: float = 0.01  # documents held out for evaluation (hash split, jaxdict.data.split)
     seed: int = 0  # shuffle seed of the loader (shared by every member of a sweep axis)

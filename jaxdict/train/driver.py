@@ -152,8 +152,9 @@ def setup_group(cfgs: list[RunConfig], run_dirs: list[str] | None, *, force: boo
     base = cfgs[0]
     mesh = make_mesh(base.mesh.data, base.mesh.model)
     sources = sources or open_sources(base)
-    if sources.train.d_in != base.sae.d_in:
-        raise ConfigError(f"data has d_in={sources.train.d_in} but sae.d_in = {base.sae.d_in}")
+    if sources.train.d_in != base.sae.batch_width:
+        what = "d_in + d_out" if base.sae.is_transcoder else "d_in"
+        raise ConfigError(f"data rows have width {sources.train.d_in} but sae.{what} = {base.sae.batch_width}")
     # JumpReLU's ε, θ₀ and penalty scale come from the first batch (or, on resume, from the run's
     # saved config unless --force starts it over); the step is built with them.
     cfgs = derive_from_data(cfgs if force else reuse_derived(cfgs, run_dirs), sources)

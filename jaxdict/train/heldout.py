@@ -20,6 +20,7 @@ from jaxdict.sae.axes import DATA, spec
 from jaxdict.sae.config import ConfigError, SAEConfig
 from jaxdict.sae.losses import sae_loss
 from jaxdict.sae.metric_sums import add_sums, metrics_from_sums, reconstruction_sums
+from jaxdict.sae.transcoder import column_scales
 from jaxdict.train.state import TrainState
 
 # The metrics a training run's held-out evaluation reports (mse is left out: here it would be in
@@ -29,7 +30,7 @@ REPORTED = ("fvu", "explained_variance", "l0", "dead_frac", "dense_frac")
 
 
 def _batch_sums(state: TrainState, x: jax.Array, shift: jax.Array, *, cfg: SAEConfig, mesh: Mesh):
-    xs = x.astype(jnp.float32) * state.input_scale
+    xs = x.astype(jnp.float32) * column_scales(state.input_scale, cfg)
     sums = reconstruction_sums(state.params, xs, shift, cfg, mesh)
     no_dead = jnp.zeros((cfg.n_features,), bool)
     loss, _ = sae_loss(state.params, xs, cfg, mesh, sparsity_coeff=state.hparams["sparsity_coeff"], dead=no_dead)
@@ -78,7 +79,9 @@ class HeldoutEval:
                 if shift is None:
                     mean = jax.jit(lambda b: jnp.mean(b.astype(jnp.float32), axis=0),
                                    out_shardings=NamedSharding(self.mesh, spec()))(x)
-                    shift = mean[None] * state.input_scale[:, None] if self.sweep_size else mean * state.input_scale
+                    scales = functools.partial(column_scales, cfg=self.cfg)
+                    shift = (jax.vmap(lambda s: mean * scales(s))(state.input_scale) if self.sweep_size
+                             else mean * scales(state.input_scale))
                 sums = self._sums(state, x, shift)
                 if self._sync:
                     jax.block_until_ready(sums)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.forward import ForwardOutput
 from jaxdict.sae.metric_sums import DENSE_FIRING_RATE
+from jaxdict.sae.transcoder import split_batch
 
 
 def fvu(x: jax.Array, x_hat: jax.Array) -> jax.Array:
@@ -31,7 +32,8 @@ def step_metrics(
     tokens_since_fired: jax.Array,
     cfg: SAEConfig,
 ) -> dict[str, jax.Array]:
-    batch_fvu = fvu(x, out.x_hat)
+    # fvu of what was reconstructed: the input of an SAE, the target of a transcoder.
+    batch_fvu = fvu(split_batch(x, cfg)[1], out.x_hat)
     firing_rate = out.fire_counts / jnp.float32(x.shape[0])
     metrics = {
         "loss": loss,

@@ -15,6 +15,7 @@ from jaxdict.atomic import write_json_atomic
 from jaxdict.config import config_diff
 from jaxdict.data import ArraySource, StoreSource
 from jaxdict.sae.config import ConfigError
+from jaxdict.sae.transcoder import column_scales, split_batch
 from jaxdict.run_layout import CHECKPOINT_DIR, CONFIG_FILE, RESULT_FILE, run_format_version, write_run_format
 from jaxdict.train.config import RunConfig
 from jaxdict.train.metrics_log import METRICS_FILE, TB_DIR
@@ -32,10 +33,11 @@ class RunDirConflict(ConfigError):
 class DataSources:
     """Train and eval sources, the input scale s (E‖s·x‖² = d_in, DESIGN.md §4) and store metadata."""
 
-    def __init__(self, train: Any, eval: Any, input_scale: float, model: str = "", hook: str = "",
-                 mean: np.ndarray | None = None):
+    def __init__(self, train: Any, eval: Any, input_scale: Any, model: str = "", hook: str = "",
+                 mean: np.ndarray | None = None, target_hook: str = ""):
+        # input_scale: a float, or a transcoder's (s_in, s_out) (sae/transcoder.py)
         self.train, self.eval, self.input_scale = train, eval, input_scale
-        self.model, self.hook = model, hook
+        self.model, self.hook, self.target_hook = model, hook, target_hook
         # mean of the raw activations [d_in]; None = estimate it from the first training rows
         self.mean = mean
 
@@ -71,6 +73,8 @@ def open_sources(cfg: RunConfig) -> DataSources:
         rows = train.read(0, min(train.n_rows, data.scale_rows))
         return DataSources(train, evals, input_scale_from_rows(rows), model="planted",
                            hook=f"planted_seed={data.planted_seed}", mean=rows.astype(np.float64).mean(axis=0))
+    if sae.is_transcoder or data.target_store:
+        return open_paired_sources(cfg)
     from jaxdict.store import open_store
 
     store = open_store(data.store)
@@ -90,12 +94,48 @@ def open_sources(cfg: RunConfig) -> DataSources:
                        mean=np.asarray(store.stats["mean"], np.float64))
 
 
+def open_paired_sources(cfg: RunConfig) -> DataSources:
+    """A transcoder's sources: rows [x | y] of data.store (input, sae.d_in wide) beside the row-aligned
+    data.target_store (target, sae.d_out wide), each side with its own scale (sae/transcoder.py)."""
+    from jaxdict.data.paired import PairedSource
+
+    data, sae = cfg.data, cfg.sae
+    if not sae.is_transcoder:
+        raise ConfigError(f"data.target_store = {data.target_store!r} trains a transcoder, but sae.d_out is "
+                          "unset; set sae.d_out to the target store's width (or clear data.target_store)")
+    if not data.target_store or data.source != "store":
+        raise ConfigError(f"sae.d_out = {sae.d_out} (a transcoder) needs data.source='store' and "
+                          "data.target_store = <the store of its target hook, row-aligned with data.store>")
+    train = PairedSource(data.store, data.target_store, split="train", eval_fraction=data.eval_fraction)
+    evals = PairedSource(data.store, data.target_store, split="eval", eval_fraction=data.eval_fraction, check=False)
+    stores = {"input": (train.inputs.store, sae.d_in, data.hook), "target": (train.targets.store, sae.d_out,
+                                                                            data.target_hook)}
+    scales, means, hooks = [], [], {}
+    for side, (store, width, want_hook) in stores.items():
+        field = "d_in" if side == "input" else "d_out"
+        if store.d_in != width:
+            raise ConfigError(f"the {side} store {store.path} holds activations of width {store.d_in}, but "
+                              f"sae.{field} = {width}; set sae.{field}={store.d_in} or pair the matching hook")
+        hooks[side] = str(store.metadata.get("hook", ""))
+        if want_hook and want_hook != hooks[side]:
+            name = "data.hook" if side == "input" else "data.target_hook"
+            raise ConfigError(f"{name} = {want_hook!r} but {store.path} was harvested at {hooks[side]!r}")
+        scales.append(math.sqrt(width / float(store.stats["mean_sq_norm"])))
+        means.append(np.asarray(store.stats["mean"], np.float64))
+    model = str(train.inputs.store.metadata.get("model", ""))
+    if data.model and data.model != model:
+        raise ConfigError(f"data.model = {data.model!r} but {data.store} was harvested with model {model!r}")
+    return DataSources(train, evals, np.asarray(scales, np.float32), model=model, hook=hooks["input"],
+                       mean=np.concatenate(means), target_hook=hooks["target"])
+
+
 def initial_b_dec(cfg: RunConfig, sources: DataSources) -> np.ndarray | None:
-    """The decoder bias a fresh run starts from: the mean of the normalised training rows
-    (run.init_b_dec = "mean"), or None for init_params' zeros ("zero")."""
+    """The decoder bias a fresh run starts from: the mean of the normalised training rows (of a
+    transcoder's target) (run.init_b_dec = "mean"), or None for init_params' zeros ("zero")."""
     if cfg.run.init_b_dec != "mean":
         return None
-    return np.asarray(sources.data_mean(cfg.data.scale_rows) * sources.input_scale, np.float32)
+    scaled = sources.data_mean(cfg.data.scale_rows) * np.asarray(column_scales(sources.input_scale, cfg.sae))
+    return np.asarray(split_batch(scaled, cfg.sae)[1], np.float32)
 
 
 # The JumpReLU fields derive_from_data measures when they are left unset.
@@ -135,11 +175,13 @@ def derive_from_data(cfgs: list[RunConfig], sources: DataSources) -> list[RunCon
     if sae.arch != "jumprelu" or None not in unset:
         return cfgs
     n_rows = min(sources.train.n_rows, max(cfgs[0].data.batch_size, 1024), 8192)
-    x = np.asarray(sources.train.read(0, n_rows), np.float64) * sources.input_scale
+    rows = np.asarray(sources.train.read(0, n_rows), np.float64) * np.asarray(column_scales(sources.input_scale, sae))
+    x, target = split_batch(rows, sae)
     b_dec = initial_b_dec(cfgs[0], sources)
-    b_dec = np.zeros(sae.d_in) if b_dec is None else b_dec
+    # A transcoder encodes x W_enc + b_enc: its b_dec (output space) is not subtracted first.
+    b_dec = np.zeros(sae.d_in) if b_dec is None or sae.is_transcoder else b_dec
     W_enc = np.asarray(init_params(sae, jax.random.PRNGKey(cfgs[0].run.seed)).W_enc)
-    stats = jumprelu_recipe.measure_preacts(sae, W_enc, b_dec, x)
+    stats = jumprelu_recipe.measure_preacts(sae, W_enc, b_dec, x, target)
     return [dataclasses.replace(c, sae=jumprelu_recipe.derive_config(c.sae, stats)) for c in cfgs]
 
 
@@ -149,6 +191,8 @@ def resolve(cfg: RunConfig, sources: DataSources, run_dir: str) -> dict:
     d["data"]["model"] = sources.model
     d["data"]["hook"] = sources.hook
     d["data"]["d_in"] = cfg.sae.d_in
+    if cfg.sae.is_transcoder:
+        d["data"]["target_hook"] = sources.target_hook
     d["run"]["out_dir"] = str(run_dir)
     return d
 

@@ -18,6 +18,7 @@ from jaxdict import run_layout as layout
 from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.jumprelu_recipe import penalty_coeff
 from jaxdict.sae.params import SAEParams, init_params
+from jaxdict.sae.transcoder import unit_input_scale
 from jaxdict.train.mesh import spec, stored_spec
 from jaxdict.train.optim import OptimConfig, make_transform
 
@@ -25,7 +26,7 @@ from jaxdict.train.optim import OptimConfig, make_transform
 @struct.dataclass
 class TrainState:
     """step; params; opt_state; tokens_since_fired [F]: tokens since each latent last fired (dead = ≥ cfg.dead_tokens);
-    input_scale: the scalar s with E‖s·x‖² = d_in; hparams: per-run traced scalars (lr,
+    input_scale: the scalar s with E‖s·x‖² = d_in (a transcoder's pair (s_in, s_out), one per side); hparams: per-run traced scalars (lr,
     sparsity_coeff) so several runs can share one compiled step under vmap;
     n_nonfinite / consecutive_nonfinite: skipped updates."""
 
@@ -64,7 +65,8 @@ def init_state(
         params=params,
         opt_state=make_transform(optim_cfg).init(params),
         tokens_since_fired=jnp.zeros((sae_cfg.n_features,), jnp.int32),
-        input_scale=jnp.asarray(input_scale, jnp.float32),
+        # Always the config's shape (a transcoder's (s_in, s_out); a scalar given scales both).
+        input_scale=jnp.broadcast_to(jnp.asarray(input_scale, jnp.float32), unit_input_scale(sae_cfg).shape),
         hparams={k: jnp.asarray(v, jnp.float32) for k, v in hp.items()},
         n_nonfinite=jnp.zeros((), jnp.int32),
         consecutive_nonfinite=jnp.zeros((), jnp.int32),
@@ -78,8 +80,9 @@ def param_specs(sae_cfg: SAEConfig, shard: str = "model") -> SAEParams:
         W_enc=stored_spec("d_in", "features", shard=shard),
         b_enc=stored_spec("features", shard=shard),
         W_dec=stored_spec("features", "d_in", shard=shard),
-        b_dec=stored_spec("d_in", shard=shard),
+        b_dec=stored_spec("d_out", shard=shard),
         threshold=stored_spec("features", shard=shard) if sae_cfg.has_threshold else None,
+        W_skip=stored_spec("d_in", "d_out", shard=shard) if sae_cfg.skip_connection else None,
     )
 
 

@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxdict.sae.config import ConfigError, SAEConfig
 from jaxdict.sae.losses import sae_loss
 from jaxdict.sae.params import SAEParams
+from jaxdict.sae.transcoder import column_scales
 from jaxdict.train import metrics as metric_defs
 from jaxdict.train.mesh import batch_sharding, check_divisible
 from jaxdict.train.optim import OptimConfig, lr_multiplier, make_transform, sparsity_multiplier
@@ -137,7 +138,7 @@ def train_step(
     if fsdp:
         # FSDP: all-gather the stored 1/devices shards over `data` into the model-axis layout.
         params = jax.lax.with_sharding_constraint(params, to_shardings(mesh, param_specs(sae_cfg, "model")))
-    x = batch.astype(jnp.float32) * state.input_scale
+    x = batch.astype(jnp.float32) * column_scales(state.input_scale, sae_cfg)
     sparsity = _sparsity_coeff(state, sae_cfg, optim_cfg)
     dead = state.tokens_since_fired >= sae_cfg.dead_tokens
 
@@ -226,8 +227,13 @@ class TrainStep:
 
     def check_batch(self, batch: Any) -> None:
         shape = tuple(batch.shape)
-        want = (self.batch_size, self.sae_cfg.d_in)
+        want = (self.batch_size, self.sae_cfg.batch_width)
         if shape != want:
+            if len(shape) == 2 and self.sae_cfg.is_transcoder and shape[1] != want[1]:
+                raise ConfigError(
+                    f"batch has width {shape[1]} but the transcoder takes rows [x | y] of d_in + d_out = "
+                    f"{self.sae_cfg.d_in} + {self.sae_cfg.d_out} = {want[1]}; pair stores of those widths "
+                    "(data.store and data.target_store)")
             if len(shape) == 2 and shape[1] != self.sae_cfg.d_in:
                 raise ConfigError(
                     f"batch has input width {shape[1]} but the SAE's d_in is {self.sae_cfg.d_in}; "
