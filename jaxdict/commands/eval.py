@@ -11,6 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--store", default=None,
                         help="activation store of the SAE's model and hook (default: the run's own store)")
+    parser.add_argument("--target-store", default=None,
+                        help="a transcoder's target store, row-aligned with --store (default: the run's own)")
     parser.add_argument("--split", default="eval", choices=("eval", "train", "all"),
                         help="rows of the store to use: the held-out documents (default), the rest, or all")
     parser.add_argument("--eval-fraction", type=float, default=None,
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxdict.evaluate.evaluation import EvalRequest, evaluate_sae, write_eval
 
     request = EvalRequest(
-        run=args.run, step=args.step, store=args.store, split=args.split, eval_fraction=args.eval_fraction,
+        run=args.run, step=args.step, store=args.store, target_store=args.target_store, split=args.split, eval_fraction=args.eval_fraction,
         tokens=args.tokens, text_tokens=args.text_tokens, corpus=args.corpus, context=args.context,
         model=args.model, batch_size=args.batch_size, progress=not args.no_progress)
     outcome = evaluate_sae(request)

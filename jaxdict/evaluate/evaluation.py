@@ -26,6 +26,7 @@ class EvalRequest:
     run: str
     step: int | None = None
     store: str | None = None
+    target_store: str | None = None  # a transcoder's target store (default: the run's own)
     split: str = "eval"
     eval_fraction: float | None = None
     tokens: int = 200_000
@@ -118,7 +119,13 @@ def _from_store(req: EvalRequest, sae, eval_fraction: float, result: dict):
                          f"{eval_fraction}; try --split all, a larger --eval-fraction, or --corpus")
     acc = ActivationMetrics(sae)
     bar = _bar(n_rows, "activations", req.progress)
-    for x in heldout.iter_activation_batches(store, ranges, STORE_BATCH_ROWS):
+    batches = heldout.iter_activation_batches(store, ranges, STORE_BATCH_ROWS)
+    if sae.cfg.is_transcoder:
+        target = heldout.open_transcoder_target_store(sae, store, req.target_store, req.run)
+        targets = heldout.iter_activation_batches(target, ranges, STORE_BATCH_ROWS)
+        batches = (np.concatenate([x, y], axis=1) for x, y in zip(batches, targets))
+        result["target_store"] = str(target.path)
+    for x in batches:
         acc.update(x)
         bar.update(len(x))
     bar.close()
@@ -156,7 +163,11 @@ def _from_corpus(req: EvalRequest, sae, result: dict, lm) -> tuple[ActivationMet
         if acc.n >= req.tokens:
             break
         ids, mask = pad_windows(windows[b:b + CORPUS_WINDOWS_PER_PASS], lm.tokenizer.pad_id)
-        acts = np.asarray(lm.activations(jnp.asarray(ids), sae.hook, jnp.asarray(mask)))
+        if sae.cfg.is_transcoder:  # rows [x | y]: input and target hook from one forward pass
+            both = lm.activations(jnp.asarray(ids), [sae.hook, sae.output_hook], jnp.asarray(mask))
+            acts = np.concatenate([np.asarray(both[sae.hook]), np.asarray(both[sae.output_hook])], axis=-1)
+        else:
+            acts = np.asarray(lm.activations(jnp.asarray(ids), sae.hook, jnp.asarray(mask)))
         keep = mask.copy()
         keep[:, 0] = False  # BOS is not an activation the SAE was trained on
         x = acts[keep][: req.tokens - acc.n]

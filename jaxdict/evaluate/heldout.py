@@ -49,6 +49,26 @@ def open_sae_store(sae, store_arg: str | None, run: str, how_else: str = "pass -
     return store
 
 
+def open_transcoder_target_store(sae, input_store, store_arg: str | None, run: str):
+    """A transcoder's target store (`store_arg`, else the one it trained on), checked to hold its
+    target hook and width and to be row-aligned with `input_store`."""
+    from jaxdict.data.paired import check_aligned
+    from jaxdict.store import open_store
+
+    path = store_arg or sae.extra.get("target_store")
+    if path is None:
+        raise ValueError(f"transcoder {run} records no target store; pass --target-store PATH (its "
+                         f"{sae.target_hook or 'target hook'} store, row-aligned with {input_store.path})")
+    store = open_store(path)
+    hook = store.metadata.get("hook")
+    if sae.target_hook is not None and hook is not None and hook != sae.target_hook:
+        raise ValueError(f"transcoder {run} predicts {sae.target_hook!r}, but store {path} holds {hook!r}")
+    if store.d_in != sae.d_out:
+        raise ValueError(f"store {path} holds width {store.d_in}; the transcoder's d_out is {sae.d_out}")
+    check_aligned(input_store, store)
+    return store
+
+
 def split_ranges(store, split: str, eval_fraction: float, max_rows: int | None = None
                  ) -> list[tuple[int, int]]:
     """[start, stop) row ranges of `store` in `split`, in row order, at most `max_rows` rows."""

@@ -20,7 +20,8 @@ _batch_sums = jax.jit(reconstruction_sums, static_argnames=("cfg", "mesh"))
 
 
 class ActivationMetrics:
-    """Accumulates the reconstruction metrics of `sae` over batches of raw activations [B, d]."""
+    """Accumulates the reconstruction metrics of `sae` over batches of raw activations [B, d] (a
+    transcoder's rows [x | y]: input and target hook of the same token, sae/transcoder.py)."""
 
     def __init__(self, sae: SAE):
         self.sae = sae
@@ -30,8 +31,10 @@ class ActivationMetrics:
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.sae.d_in:
-            raise ValueError(f"activations must be [B, {self.sae.d_in}], got shape {x.shape}")
+        width = self.sae.cfg.batch_width
+        if x.ndim != 2 or x.shape[1] != width:
+            what = f"[B, d_in + d_out = {width}] (rows [x | y])" if self.sae.cfg.is_transcoder else f"[B, {width}]"
+            raise ValueError(f"activations must be {what}, got shape {x.shape}")
         if len(x) == 0:
             return
         if self.shift is None:

@@ -36,6 +36,22 @@ def reconstruction_edit(cfg: SAEConfig) -> EditFn:
     return splice
 
 
+@functools.lru_cache(maxsize=None)
+def transcoder_replacement_edit(cfg: SAEConfig, reads: str) -> EditFn:
+    """fn(y, (params, where), source=x): at a transcoder's target hook (e.g. mlp_out.L) the value
+    becomes its prediction from the input hook `reads` (e.g. mlp_in) of the same block, where
+    `where`; the MLP's own output elsewhere. The MLP is replaced, not corrected: no error term."""
+
+    def replace(y: jax.Array, args: Any, source: jax.Array) -> jax.Array:
+        params, where = args
+        f = encode_raw(params, source, cfg)
+        y_hat = decode_raw(params, f, cfg, source).astype(y.dtype)
+        return jnp.where(where[..., None], y_hat, y)
+
+    replace.reads = reads
+    return replace
+
+
 def zero_ablation_edit(x: jax.Array, where: jax.Array) -> jax.Array:
     """The residual stream set to 0 where `where` (the ce_recovered baseline)."""
     return jnp.where(where[..., None], jnp.zeros_like(x), x)
@@ -114,20 +130,40 @@ def compare_edits(lm, hook: str, windows: Sequence[Sequence[int]], edits: Mappin
     return out
 
 
-def sae_splice_metrics(lm, sae: SAE, windows: Sequence[Sequence[int]], batch_size: int = 2,
-                       progress: Callable[[int], None] | None = None) -> dict[str, float]:
-    """delta_ce, ce_recovered and kl of `sae` spliced at its hook (DESIGN §4 definitions)."""
+def splice_edit(sae: SAE) -> tuple[str, EditFn]:
+    """(hook, edit fn) that splices `sae` into the LM: an SAE replaces its hook by its reconstruction;
+    a transcoder replaces its target hook (mlp_out.L) by its prediction from its input hook
+    (mlp_in.L) of the same layer. The edit takes (params, where)."""
     if sae.hook is None:
         raise ValueError("the SAE records no hook; load it with hook='resid_post.L'")
+    if not sae.cfg.is_transcoder:
+        return sae.hook, reconstruction_edit(sae.cfg)
+    target = sae.target_hook
+    if target is None:
+        raise ValueError(f"transcoder {sae.source} records no target hook (e.g. mlp_out.9); load it with "
+                         "target_hook set")
+    (in_kind, in_layer), (out_kind, out_layer) = (h.rsplit(".", 1) for h in (sae.hook, target))
+    if in_layer != out_layer:
+        raise ValueError(f"transcoder from {sae.hook} to {target}: splicing needs both hooks in one block")
+    return target, transcoder_replacement_edit(sae.cfg, in_kind)
+
+
+def sae_splice_metrics(lm, sae: SAE, windows: Sequence[Sequence[int]], batch_size: int = 2,
+                       progress: Callable[[int], None] | None = None) -> dict[str, float]:
+    """delta_ce, ce_recovered and kl of `sae` spliced at its hook (DESIGN §4 definitions). A
+    transcoder replaces the MLP's output (its target hook) by its prediction, and the baseline of
+    ce_recovered zero-ablates that output (the MLP removed)."""
+    hook, fn = splice_edit(sae)
     sae.check_compatible(lm.name, None, "language model")
-    if lm.config.d_model != sae.d_in:
-        raise ValueError(f"SAE d_in={sae.d_in} but the language model's width is {lm.config.d_model}")
+    if lm.config.d_model != sae.d_in or lm.config.d_model != sae.d_out:
+        raise ValueError(f"SAE d_in={sae.d_in}, d_out={sae.d_out} but the language model's width is "
+                         f"{lm.config.d_model}")
     params = sae.params
     edits = {
-        "sae": (reconstruction_edit(sae.cfg), lambda where: (params, where)),
+        "sae": (fn, lambda where: (params, where)),
         "zero": (zero_ablation_edit, lambda where: where),
     }
-    r = compare_edits(lm, sae.hook, windows, edits, batch_size, progress)
+    r = compare_edits(lm, hook, windows, edits, batch_size, progress)
     ce_clean, ce_sae, ce_zero = r["ce_clean"], r["sae"]["ce"], r["zero"]["ce"]
     return {
         "delta_ce": ce_sae - ce_clean,

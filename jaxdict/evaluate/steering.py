@@ -62,6 +62,23 @@ def clamp_edit(cfg: SAEConfig, include_bos: bool = False):
     return clamp
 
 
+@functools.lru_cache(maxsize=None)
+def transcoder_clamp_edit(cfg: SAEConfig, reads: str, include_bos: bool = False):
+    """The clamp of a transcoder feature: at its target hook (e.g. mlp_out.L) the MLP's output y
+    becomes y + Σ_i (value_i − f_i(x)) · W_dec,i, with f the transcoder's latents of its input x
+    (hook `reads`, e.g. mlp_in, of the same block). The transcoder's error y − ŷ is kept, as for an SAE."""
+
+    def clamp(y: jax.Array, args: Any, positions: jax.Array | None = None, *, source: jax.Array) -> jax.Array:
+        params, idx, values = args
+        current = jnp.take(encode_raw(params, source, cfg), idx, axis=-1)
+        delta = jnp.einsum("...n,nd->...d", values - current, jnp.take(params.W_dec, idx, axis=0))
+        return _add_outside_bos(y, delta, positions, include_bos)
+
+    clamp.uses_positions = True
+    clamp.reads = reads
+    return clamp
+
+
 def _add_outside_bos(x: jax.Array, delta: jax.Array, positions: jax.Array | None,
                      include_bos: bool) -> jax.Array:
     """x + delta in float32, with delta zeroed at position 0 unless include_bos."""
@@ -86,14 +103,19 @@ def add_vector_edit(include_bos: bool = False):
 
 def steering_edit(sae: SAE, features: Sequence[int], values: Sequence[float],
                   include_bos: bool = False) -> dict[str, Any]:
-    """The LM `edits` mapping that clamps `features` to absolute `values` at the SAE's hook
-    (position 0 untouched unless include_bos)."""
+    """The LM `edits` mapping that clamps `features` to absolute `values` at the SAE's hook, or at a
+    transcoder's target hook (position 0 untouched unless include_bos)."""
     if sae.hook is None:
         raise ValueError("the SAE records no hook; load it with hook='resid_post.L'")
+    if sae.cfg.is_transcoder and sae.output_hook is None:
+        raise ValueError(f"transcoder {sae.source} records no target hook (e.g. mlp_out.9) to steer at")
     idx = jnp.asarray([sae.check_feature(i) for i in features], jnp.int32)
     vals = jnp.asarray(np.asarray(values, np.float32).reshape(-1))
     if vals.shape != idx.shape:
         raise ValueError(f"{len(features)} features but {vals.shape[0]} clamp values")
+    if sae.cfg.is_transcoder:
+        reads = sae.hook.rsplit(".", 1)[0]
+        return {sae.output_hook: (transcoder_clamp_edit(sae.cfg, reads, bool(include_bos)), (sae.params, idx, vals))}
     return {sae.hook: (clamp_edit(sae.cfg, bool(include_bos)), (sae.params, idx, vals))}
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdict.lm.config import FULL, Gemma3Config
-from jaxdict.lm.hooks import HookPoint
+from jaxdict.lm.hooks import HOOK_KINDS, HookPoint
 
 Array = jax.Array
 EditFn = Callable[[Array, Any], Array]
@@ -132,7 +132,9 @@ def forward(params: dict[str, Any], ids: Array, mask: Array, edit_args: Sequence
     """Run the first `n_blocks` blocks on ids [B, S] (mask [B, S], True = real, right-padded).
 
     `edit_spec[i] = (point, fn)` replaces the value at that hook point (jaxdict.lm.hooks) by
-    fn(x, edit_args[i]) (by fn(x, edit_args[i], positions) when fn.uses_positions is true).
+    fn(x, edit_args[i]) (by fn(x, edit_args[i], positions) when fn.uses_positions is true). An edit
+    with `fn.reads = KIND` also gets `source=` the value of hook KIND of the same block, which must
+    come earlier in the block: a transcoder replaces `mlp_out.L` by its prediction from `mlp_in.L`.
     Returns ({point: [B, S, d]} for `hook_points` (after any edit there), logits [B, S, V] or None,
     new KV pairs). With `kv_cache` ([B, T, K, hd] pairs), tokens sit at positions start..
     start+S-1 and attend to every earlier cache entry (generation); otherwise positions are 0..S-1.
@@ -151,13 +153,24 @@ def forward(params: dict[str, Any], ids: Array, mask: Array, edit_args: Sequence
     hooks: dict[HookPoint, Array] = {}
 
     def tap_of(layer: int) -> TapFn:
+        seen: dict[str, Array] = {}  # this block's hook values so far (after their edits)
+
         def tap(kind: str, value: Array) -> Array:
             point = HookPoint(kind, layer)
             if point in edits:
                 fn, args = edits[point]
                 # An edit that marks itself `uses_positions` also gets the absolute positions
                 # [B, S] (steering leaves position 0, BOS, alone; generation steps start past it).
-                value = fn(value, args, q_pos) if getattr(fn, "uses_positions", False) else fn(value, args)
+                extra = (q_pos,) if getattr(fn, "uses_positions", False) else ()
+                reads = getattr(fn, "reads", None)
+                if reads is None:
+                    value = fn(value, args, *extra)
+                elif reads not in seen:
+                    raise ValueError(f"the edit at {kind}.{layer} reads hook {reads}.{layer}, which does not come "
+                                     f"before it in a block (order: {', '.join(HOOK_KINDS)})")
+                else:
+                    value = fn(value, args, *extra, source=seen[reads])
+            seen[kind] = value
             if point in wanted:
                 hooks[point] = value
             return value

@@ -75,7 +75,8 @@ class SAE:
     """A sparse autoencoder ready for evaluation.
 
     cfg: its SAEConfig. params: SAEParams in raw activation units (normalisation folded in).
-    model / hook: what it was trained on (e.g. "gemma3-270m", "resid_post.9"), None if unknown.
+    model / hook: what it was trained on (e.g. "gemma3-270m", "resid_post.9"), None if unknown; for
+    a transcoder `hook` is its input (e.g. "mlp_in.9") and `target_hook` what it predicts ("mlp_out.9").
     max_activations: float32 [F], each feature's largest activation on a corpus sample (written
     by `jaxdict features`), None until known. source / step: where it was loaded from.
     """
@@ -88,6 +89,12 @@ class SAE:
     source: str = ""
     step: int | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    target_hook: str | None = None
+
+    @property
+    def output_hook(self) -> str | None:
+        """The hook the reconstruction replaces: the SAE's own, a transcoder's target."""
+        return self.target_hook if self.cfg.is_transcoder else self.hook
 
     @property
     def d_in(self) -> int:

@@ -135,6 +135,7 @@ def load_run(run_dir: str | Path, step: int | None = None) -> SAE:
     params, input_scale = layout.params_from_item(loaded.value)
     params = fold_input_scale(params, input_scale)
     return SAE(cfg=cfg, params=params, model=data.get("model"), hook=data.get("hook"),
+               target_hook=(data.get("target_hook") or None) if cfg.is_transcoder else None,
                source=str(run_dir), step=int(loaded.step),
                extra={"input_scale": np.asarray(input_scale).tolist(), "store": data.get("store"),
                       "target_store": data.get("target_store") or None,
@@ -259,7 +260,7 @@ def export_saelens(sae: SAE, out_dir: str | Path) -> Path:
         "model_name": meta["model_name"], "hook_name": meta["hook_name"], "hook_layer": meta["hook_layer"],
         # Lossless round trip into jaxdict (SAELens ignores unknown fields).
         "jaxdict": {"format_version": layout.FORMAT_VERSION, "sae": dataclasses.asdict(cfg), "model": sae.model,
-                    "hook": sae.hook, "source": sae.source, "step": sae.step},
+                    "hook": sae.hook, "target_hook": sae.target_hook, "source": sae.source, "step": sae.step},
     }
     (out / SAELENS_CFG).write_text(json.dumps(doc, indent=1))
     if sae.max_activations is not None:
@@ -297,6 +298,7 @@ def load_saelens(folder: str | Path) -> SAE:
             raise SAELoadError(str(e)) from e
         cfg = sae_config_from_dict(ours["sae"], str(folder / SAELENS_CFG))
         model, hook = ours.get("model", model), ours.get("hook", hook)
+        target_hook = ours.get("target_hook")
     else:
         cfg = _saelens_config(doc, folder)
     if "W_skip" in arrays:
@@ -304,7 +306,7 @@ def load_saelens(folder: str | Path) -> SAE:
     params = _from_external(arrays, cfg, bool(doc.get("apply_b_dec_to_input", not cfg.is_transcoder)),
                             str(weights))
     return SAE(cfg=cfg, params=params, model=model, hook=hook, source=str(folder),
-               step=ours.get("step") if ours else None)
+               step=ours.get("step") if ours else None, target_hook=target_hook if ours else None)
 
 
 def _saelens_config(doc: dict[str, Any], folder: Path) -> SAEConfig:
