@@ -168,8 +168,8 @@ def _logit_effects(W_dec_rows, final_norm, embed, n: int):
 
 def logit_effects(sae: SAE, lm, features: Sequence[int], n: int = 10, chunk: int = 32):
     """(promoted ids, promoted values, suppressed ids, suppressed values), each [len(features), n]."""
-    if lm.config.d_model != sae.d_in:
-        raise ValueError(f"SAE d_in={sae.d_in} but the language model's width is {lm.config.d_model}")
+    if lm.config.d_model != sae.d_out:  # the decoder writes d_out (a transcoder's target hook)
+        raise ValueError(f"SAE decoder width {sae.d_out} but the language model's width is {lm.config.d_model}")
     idx = np.asarray(features, np.int64)
     parts = []
     for a in range(0, len(idx), chunk):
