@@ -1,24 +1,29 @@
 """SAE parameters as a pytree, their initialisation, and folding the input scale into them."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 from jaxtyping import Array, Float
 
 from jaxdict.sae import jumprelu_recipe
 from jaxdict.sae.config import SAEConfig
 
 
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class SAEParams:
     """W_enc [d_in, F], b_enc [F], W_dec [F, d_out], b_dec [d_out], threshold [F] or None, and a
     skip transcoder's W_skip [d_in, d_out] (None otherwise). d_out = d_in for an SAE.
 
     Parameters act on *normalised* inputs (x · input_scale) during training; `fold_input_scale`
     turns them into parameters that act on raw activations.
+
+    A pytree whose key paths are its field names. Without a skip connection it flattens to exactly
+    the five children it had before W_skip existed (threshold included, None or not): the Adam
+    moments in every checkpoint written earlier have that tree, and Orbax restores only into the
+    same tree.
     """
 
     W_enc: Float[Array, "d_in F"]
@@ -27,6 +32,26 @@ class SAEParams:
     b_dec: Float[Array, " d_in"]
     threshold: Optional[Float[Array, " F"]] = None
     W_skip: Optional[Float[Array, "d_in d_out"]] = None
+
+    def replace(self, **changes) -> "SAEParams":
+        return dataclasses.replace(self, **changes)
+
+
+_FIELDS_BEFORE_SKIP = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
+
+
+def _flatten_with_keys(params: SAEParams):
+    names = _FIELDS_BEFORE_SKIP + (() if params.W_skip is None else ("W_skip",))
+    return [(jax.tree_util.GetAttrKey(n), getattr(params, n)) for n in names], len(names)
+
+
+def _unflatten(n_children: int, children) -> SAEParams:
+    return SAEParams(*children)  # W_skip, when absent, takes its default None
+
+
+jax.tree_util.register_pytree_with_keys(
+    SAEParams, _flatten_with_keys, _unflatten,
+    flatten_func=lambda p: (lambda kv, aux: ([v for _, v in kv], aux))(*_flatten_with_keys(p)))
 
 
 def init_params(cfg: SAEConfig, key: jax.Array) -> SAEParams:
