@@ -23,7 +23,9 @@ class SAEParams:
     A pytree whose key paths are its field names. Without a skip connection it flattens to exactly
     the five children it had before W_skip existed (threshold included, None or not): the Adam
     moments in every checkpoint written earlier have that tree, and Orbax restores only into the
-    same tree.
+    same tree. Whether the W_skip child exists is part of the tree's structure (`has_skip_node`,
+    from W_skip at construction), not read from its value: JAX rebuilds trees with None or other
+    placeholders as leaves, which must keep their structure.
     """
 
     W_enc: Float[Array, "d_in F"]
@@ -32,8 +34,19 @@ class SAEParams:
     b_dec: Float[Array, " d_in"]
     threshold: Optional[Float[Array, " F"]] = None
     W_skip: Optional[Float[Array, "d_in d_out"]] = None
+    has_skip_node: Optional[bool] = dataclasses.field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # True, or None for "no W_skip node" (None, not False, so that code reading the arrays with
+        # `vars(params)` and dropping None values sees exactly the arrays).
+        if self.W_skip is not None or self.has_skip_node:
+            object.__setattr__(self, "has_skip_node", True)
+        else:
+            object.__setattr__(self, "has_skip_node", None)
 
     def replace(self, **changes) -> "SAEParams":
+        if "W_skip" in changes and "has_skip_node" not in changes:
+            changes["has_skip_node"] = self.has_skip_node or changes["W_skip"] is not None
         return dataclasses.replace(self, **changes)
 
 
@@ -41,12 +54,13 @@ _FIELDS_BEFORE_SKIP = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 
 
 def _flatten_with_keys(params: SAEParams):
-    names = _FIELDS_BEFORE_SKIP + (() if params.W_skip is None else ("W_skip",))
-    return [(jax.tree_util.GetAttrKey(n), getattr(params, n)) for n in names], len(names)
+    names = _FIELDS_BEFORE_SKIP + (("W_skip",) if params.has_skip_node else ())
+    return [(jax.tree_util.GetAttrKey(n), getattr(params, n)) for n in names], bool(params.has_skip_node)
 
 
-def _unflatten(n_children: int, children) -> SAEParams:
-    return SAEParams(*children)  # W_skip, when absent, takes its default None
+def _unflatten(has_skip_node: bool, children) -> SAEParams:
+    children = list(children)
+    return SAEParams(*children[:5], W_skip=children[5] if has_skip_node else None, has_skip_node=has_skip_node)
 
 
 jax.tree_util.register_pytree_with_keys(
