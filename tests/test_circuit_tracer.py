@@ -13,7 +13,7 @@ import jaxdict.lm
 from jaxdict.sae.circuit_tracer_io import export_circuit_tracer, import_circuit_tracer
 from jaxdict.sae.gemma_scope_io import load_gemma_scope_2, load_gemma_scope_npz
 from jaxdict.sae.raw_transcoder import (InteropError, RawTranscoder, decode_reference, encode_reference,
-                                        transcoder_fields)
+                                        sae_from_raw, transcoder_fields)
 
 LAYER, F = 9, 256
 TEXTS = ("import hashlib\n\ndef check(password, stored):\n    return hashlib.sha256(password).hexdigest()\n",
@@ -113,10 +113,14 @@ def test_circuit_tracer_encodes_our_mlp_in_rows(tmp_path, rows, arch, skip, inpu
     with torch.no_grad():
         f_ct = ts.encode_layer(hook_value, LAYER)
         y_ct = ts[LAYER].decode(f_ct, hook_value).numpy()
-    # jaxdict's side, until its transcoder inference lands: the formula (raw_transcoder.encode_reference).
-    x = rows["mlp_in"]
-    f_ours = encode_reference(raw, x)
-    y_ours = decode_reference(raw, f_ours, x)
+    # jaxdict's side: its inference SAE (jaxdict.sae.inference) built from the same arrays, checked
+    # against the float64 statement of the maths (raw_transcoder.encode_reference).
+    sae, x = sae_from_raw(raw), rows["mlp_in"]
+    assert sae.cfg.is_transcoder and sae.cfg.skip_connection == skip and sae.target_hook == f"mlp_out.{LAYER}"
+    f_ours = np.asarray(sae.encode(x))
+    y_ours = np.asarray(sae.decode(f_ours, x))
+    assert np.abs(f_ours - encode_reference(raw, x)).max() <= 1e-4
+    assert np.abs(y_ours - decode_reference(raw, f_ours, x)).max() <= 1e-4
     active = (f_ours > 0).mean()
     assert 0.02 < active < 0.6, f"fraction active {active}: the test needs features that fire"
     assert np.array_equal(f_ct.numpy() > 0, f_ours > 0), "different features fire"
@@ -371,7 +375,7 @@ def test_replacement_model_features_match_jaxdict(tmp_path, hf_gemma, rows):
     model = TransformerLensReplacementModel.from_pretrained_and_transcoders(
         "google/gemma-3-270m", ts, hf_model=hf, tokenizer=tok, device="cpu", dtype=torch.float32)
     ids = torch.tensor([lm.tokenizer.encode(TEXTS[0])])
-    f_ours = encode_reference(raw, np.asarray(lm.activations(jnp.asarray(ids.numpy()), f"mlp_in.{LAYER}"))[0])
+    f_ours = np.array(sae_from_raw(raw).encode(np.asarray(lm.activations(jnp.asarray(ids.numpy()), f"mlp_in.{LAYER}"))[0]))
     f_ours[0] = 0  # circuit-tracer zeroes the BOS position's features (zero_positions)
 
     _, shared_rope = model.get_activations(ids)
@@ -405,6 +409,33 @@ def test_export_cli_gemma_scope_2_import_and_circuit_tracer_refusal(tmp_path, ro
     assert "reads 'resid_post.6'" in capsys.readouterr().err
 
 
+def test_export_cli_writes_a_transcoder_for_circuit_tracer(tmp_path, rows, capsys):
+    """A jaxdict transcoder (here via its SAELens export, which keeps the hooks) through
+    `jaxdict export --format circuit-tracer`: circuit-tracer encodes our rows as jaxdict does."""
+    circuit_tracer()
+    import torch
+
+    from jaxdict.cli import main
+    from jaxdict.sae.io import export_saelens, load_sae
+    from jaxdict.sae.raw_transcoder import raw_from_sae
+
+    raw = make_transcoder("batchtopk", True, rows["calibration"], seed=6)
+    sae = sae_from_raw(raw)
+    back = raw_from_sae(sae)
+    assert back.fields == raw.fields and (back.input_hook, back.output_hook) == (raw.input_hook, raw.output_hook)
+    folder = export_saelens(sae, tmp_path / "saelens")
+    assert load_sae(folder).target_hook == f"mlp_out.{LAYER}"
+    assert main(["export", str(folder), "--format", "circuit-tracer", "--input-hook", "ln2.hook_normalized",
+                 "--out", str(tmp_path / "ct")]) == 0
+    assert "layers [9] of 18" in capsys.readouterr().out
+    ts, config = load_export(tmp_path / "ct")
+    assert ts.n_layers == 18 and config["model_name"] == "google/gemma-3-270m"
+    with torch.no_grad():
+        f_ct = ts.encode_layer(tl_hook_normalized(rows["resid_mid"], rows["eps"]), LAYER).numpy()
+    f_ours = np.asarray(sae.encode(rows["mlp_in"]))
+    assert (f_ours > 0).any() and np.abs(f_ct - f_ours).max() <= 1e-4
+
+
 @pytest.mark.parametrize("skip", [False, True])
 def test_topk_transcoder_set_in_memory(rows, skip):
     """TopK has no file form in circuit-tracer; the in-memory set (ReluTopK) encodes our rows as
@@ -421,15 +452,15 @@ def test_topk_transcoder_set_in_memory(rows, skip):
                         raw.output_hook, raw.model, raw.source)
     ts = transcoder_set({LAYER: raw}, n_layers=18, input_hook="ln2.hook_normalized",
                         norm_weights={LAYER: rows["norm_weight"]})
-    x = rows["mlp_in"]
+    sae, x = sae_from_raw(raw), rows["mlp_in"]
     hook_value = tl_hook_normalized(rows["resid_mid"], rows["eps"])
     with torch.no_grad():
         f_ct = ts.encode_layer(hook_value, LAYER)
         y_ct = ts[LAYER].decode(f_ct, hook_value).numpy()
         no_relu = TopK(raw.fields["k"])(ts.encode_layer(hook_value, LAYER, apply_activation_function=False))
-    f_ours = encode_reference(raw, x)
+    f_ours = np.asarray(sae.encode(x))
     assert np.abs(f_ct.numpy() - f_ours).max() <= 1e-4
-    assert np.abs(y_ct - decode_reference(raw, f_ours, x)).max() <= 1e-4
+    assert np.abs(y_ct - np.asarray(sae.decode(f_ours, x))).max() <= 1e-4
     short = ((f_ours > 0).sum(-1) < raw.fields["k"]).mean()
     assert short > 0.1 and (no_relu < 0).any(), "the rows must show where the two TopKs differ"
     assert ts.n_layers == 18 and not ts.encode_layer(hook_value, 3).any()
