@@ -66,18 +66,20 @@ def export_clt_circuit_tracer(out_dir: str | Path, params: CLTParams, cfg: CLTCo
             "arch 'topk' cannot be exported for circuit-tracer: its CrossLayerTranscoder builds only "
             "ReLU or JumpReLU (threshold_<l>) from files, and a per-token top-k has no fixed threshold. "
             "Valid archs: jumprelu, batchtopk (exported as JumpReLU at its learned inference threshold)")
-    p = jax.tree.map(lambda a: np.asarray(a, np.float64), jax.device_get(params))
+    from jaxdict.clt.run import fold_scales
+
     L = cfg.n_layers
     s_in, s_out = _scales(input_scale, L, "input_scale"), _scales(output_scale, L, "output_scale")
+    p = fold_scales(params, s_in, s_out)
     if cfg.arch == "batchtopk" and not np.all(p.threshold > 0):
         raise CLTInteropError("this BatchTopK CLT has no inference threshold yet (0 = never estimated): "
                               "train it for at least one step before exporting")
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     for layer in range(L):
-        enc = {f"W_enc_{layer}": (p.W_enc[layer] * s_in[layer]).T, f"b_enc_{layer}": p.b_enc[layer],
-               f"b_dec_{layer}": p.b_dec[layer] / s_out[layer], f"threshold_{layer}": p.threshold[layer]}
-        dec = p.W_dec[layer] / s_out[layer:][None, :, None]
+        enc = {f"W_enc_{layer}": p.W_enc[layer].T, f"b_enc_{layer}": p.b_enc[layer],
+               f"b_dec_{layer}": p.b_dec[layer], f"threshold_{layer}": p.threshold[layer]}
+        dec = p.W_dec[layer]
         save_file({k: np.ascontiguousarray(v, np.float32) for k, v in enc.items()}, str(out / f"W_enc_{layer}.safetensors"))
         save_file({f"W_dec_{layer}": np.ascontiguousarray(dec, np.float32)}, str(out / f"W_dec_{layer}.safetensors"))
     lines = [f"model_kind: {json.dumps('cross_layer_transcoder')}", f"model_name: {json.dumps(model_name)}",

@@ -49,11 +49,16 @@ def init_params(cfg: CLTConfig, key: jax.Array) -> CLTParams:
     enc_key, dec_key = jax.random.split(key)
     W_enc = jax.random.normal(enc_key, (L, d, F), jnp.float32)
     W_enc = W_enc / jnp.linalg.norm(W_enc, axis=1, keepdims=True)
-    dec_keys = jax.random.split(dec_key, L)
-    W_dec = []
+    # One draw for every decoder block, [F, Σ_l (L − l)·d], cut into the blocks: one random-number
+    # kernel to compile instead of L (jit compile time dominated the init, BENCHMARKS.md "CLT
+    # initialisation"); rows stay whole per feature, so a draw split over `model` stays local.
+    flat = jax.random.normal(dec_key, (F, cfg.n_decoder_blocks * d), jnp.float32)
+    W_dec, start = [], 0
     for layer in range(L):
-        block = jax.random.normal(dec_keys[layer], (F, L - layer, d), jnp.float32)
-        W_dec.append(block / jnp.linalg.norm(block.reshape(F, -1), axis=1)[:, None, None])
+        width = (L - layer) * d
+        block = flat[:, start:start + width]
+        start += width
+        W_dec.append((block / jnp.linalg.norm(block, axis=1, keepdims=True)).reshape(F, L - layer, d))
     threshold = None
     if cfg.arch == "jumprelu":
         threshold = jnp.full((L, F), cfg.init_threshold, jnp.float32)

@@ -56,8 +56,34 @@ def _import(args: argparse.Namespace):
     return dataclasses.replace(sae, model=args.model or sae.model, hook=args.hook or sae.hook)
 
 
+def _export_clt(args: argparse.Namespace) -> int:
+    """One CLT run folder -> circuit-tracer's CLT layout (scales folded; jaxdict/clt/circuit_tracer_io.py)."""
+    from jaxdict.clt.circuit_tracer_io import export_clt_circuit_tracer
+    from jaxdict.clt.run import load_clt_run
+    from jaxdict.sae.io import HF_MODEL_IDS
+
+    if len(args.run) != 1:
+        raise ValueError(f"a CLT is one run folder holding every layer; got {len(args.run)} runs")
+    run = load_clt_run(args.run[0], args.step)
+    model = args.model or run.model
+    out = export_clt_circuit_tracer(args.out, run.params, run.cfg, model_name=HF_MODEL_IDS.get(model, model))
+    print(f"wrote {out} (circuit-tracer cross-layer transcoder: {run.cfg.n_layers} layers x {run.cfg.n_features} "
+          f"features, {run.cfg.arch}, step {run.step}, model {model})")
+    return 0
+
+
+def _is_clt_run(path: str) -> bool:
+    import json
+
+    config = Path(path) / "config.json"
+    return config.is_file() and isinstance(json.loads(config.read_text()).get("clt"), dict)
+
+
 def _export_circuit_tracer(args: argparse.Namespace) -> int:
     import numpy as np
+
+    if any(_is_clt_run(run) for run in args.run):
+        return _export_clt(args)
 
     import jaxdict.lm
     from jaxdict.sae.circuit_tracer_io import export_circuit_tracer

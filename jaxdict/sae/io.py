@@ -99,6 +99,10 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
         raise SAELoadError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(cfg, dict) or "sae" not in cfg:
         raise SAELoadError(f"{path} has no 'sae' section; not a jaxdict run folder")
+    if cfg.get("clt") is not None:
+        raise SAELoadError(f"{run_dir} is a cross-layer transcoder run (config.json has a 'clt' section), not an "
+                           "SAE: load it with jaxdict.clt.run.load_clt_run, or export it with "
+                           "jaxdict export RUN --format circuit-tracer")
     return cfg
 
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from jaxdict.clt.config import CLTConfig
 from jaxdict.config import config_from_dict, config_to_dict, load_module, split_spec
 from jaxdict.sae.config import ConfigError, SAEConfig, check_finite_fields
 from jaxdict.train.optim import OptimConfig
@@ -117,11 +118,33 @@ class RunSettings:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
+    """One run. `clt` set: the run trains a cross-layer transcoder (jaxdict/clt/, driven by
+    jaxdict/clt/train_driver.py) instead of the SAE; `sae` is then unused and stays at its default,
+    and data.store names the folder holding the 2L stores resid_mid.0 … mlp_out.{L−1}."""
+
     sae: SAEConfig = SAEConfig()
     optim: OptimConfig = OptimConfig()
     data: DataConfig = DataConfig(source="planted")
     mesh: MeshConfig = MeshConfig()
     run: RunSettings = RunSettings()
+    clt: CLTConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.clt is None:
+            return
+        if self.sae != SAEConfig():
+            from jaxdict.config import config_diff
+
+            diff = config_diff(SAEConfig().__dict__, self.sae.__dict__)
+            raise ConfigError(f"a CLT run (clt set) does not use the sae section; leave it at its defaults "
+                              f"(differs: {'; '.join(diff[:5])})")
+        if self.data.target_store or self.data.target_hook or self.data.hook:
+            raise ConfigError("a CLT run reads data.store/resid_mid.l and data.store/mlp_out.l; leave data.hook, "
+                              f"data.target_store and data.target_hook empty (got {self.data.hook!r}, "
+                              f"{self.data.target_store!r}, {self.data.target_hook!r})")
+        if self.mesh.shard != "model":
+            raise ConfigError(f"mesh.shard = {self.mesh.shard!r}: a CLT stores its features over `model` "
+                              "only; valid for CLTs: model")
 
     def to_dict(self) -> dict:
         return config_to_dict(self)
@@ -137,9 +160,15 @@ class RunConfig:
         return cfg
 
     @property
+    def is_clt(self) -> bool:
+        return self.clt is not None
+
+    @property
     def sparsity_coeff(self) -> float:
         from jaxdict.sae.jumprelu_recipe import penalty_coeff
 
+        if self.clt is not None:
+            return self.clt.sparsity_coeff
         return self.sae.l1_coeff if self.sae.arch == "relu_l1" else penalty_coeff(self.sae)
 
     @property
@@ -149,7 +178,9 @@ class RunConfig:
 
 # Fields that may differ between members of one sweep axis: they only enter the step through the
 # traced per-member hparams (lr, λ) or the initial state (seed) — see jaxdict/train/state.py.
-PER_MEMBER_FIELDS = ("sae.l1_coeff", "sae.l0_coeff", "optim.lr", "run.seed", "run.name", "run.out_dir")
+# A CLT's λ likewise (jaxdict/clt/train_step.py).
+PER_MEMBER_FIELDS = ("sae.l1_coeff", "sae.l0_coeff", "clt.sparsity_coeff", "optim.lr", "run.seed", "run.name",
+                     "run.out_dir")
 
 
 def group_key(cfg: RunConfig) -> str:
@@ -157,7 +188,8 @@ def group_key(cfg: RunConfig) -> str:
     d = cfg.to_dict()
     for dotted in PER_MEMBER_FIELDS:
         section, field = dotted.split(".")
-        d[section].pop(field)
+        if isinstance(d.get(section), dict):
+            d[section].pop(field)
     return json.dumps(d, sort_keys=True)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from jaxdict.data import ActivationLoader
 from jaxdict.sae.config import ConfigError
 from jaxdict.train import checkpoint as ckpt
-from jaxdict.train.config import RunConfig, group_key
+from jaxdict.train.config import PER_MEMBER_FIELDS, RunConfig, group_key
 from jaxdict.train.heldout import HeldoutEval
 from jaxdict.train.mesh import make_mesh
 from jaxdict.train.metrics_log import MetricsLog, Progress, read_metrics
@@ -64,9 +64,7 @@ def _check_group(cfgs: list[RunConfig]) -> None:
         if group_key(c) != key:
             from jaxdict.config import config_diff
 
-            diff = config_diff(cfgs[0].to_dict(), c.to_dict(),
-                               ignore=("sae.l1_coeff", "sae.l0_coeff", "optim.lr", "run.seed", "run.name",
-                                       "run.out_dir"))
+            diff = config_diff(cfgs[0].to_dict(), c.to_dict(), ignore=PER_MEMBER_FIELDS)
             raise ConfigError(f"runs {cfgs[0].run.name!r} and {c.run.name!r} cannot share one pass "
                               f"(only λ, lr and seed may differ): {'; '.join(diff[:5])}")
 
@@ -131,6 +129,10 @@ class Group:
     start: int
     state: TrainState
     data_state: dict | None
+    # A CLT group (jaxdict/clt/train_setup.py) brings its own checkpoint items and held-out
+    # evaluation; None: the SAE's (jaxdict.train.state.to_items, HeldoutEval).
+    to_items: Callable | None = None
+    evaluator: Callable | None = None
 
     @property
     def base(self) -> RunConfig:
@@ -144,12 +146,17 @@ class Group:
 def setup_group(cfgs: list[RunConfig], run_dirs: list[str] | None, *, force: bool = False,
                 sources: DataSources | None = None, log: Callable[[str], None] = print) -> Group:
     """Sources and input scale → resolved configs and run folders → mesh and the built step →
-    restore (latest step common to every member) or initialise, stacked for a sweep axis."""
+    restore (latest step common to every member) or initialise, stacked for a sweep axis. CLT
+    configs (a `clt` section) go to jaxdict.clt.train_setup.setup_clt_group."""
     _check_group(cfgs)
     run_dirs = [str(d) for d in (run_dirs or [c.run.out_dir for c in cfgs])]
     if any(not d for d in run_dirs):
         raise ConfigError("every run needs a folder: set run.out_dir or pass --out")
     base = cfgs[0]
+    if base.clt is not None:
+        from jaxdict.clt.train_setup import setup_clt_group
+
+        return setup_clt_group(cfgs, run_dirs, force=force, sources=sources, log=log)
     mesh = make_mesh(base.mesh.data, base.mesh.model)
     sources = sources or open_sources(base)
     if sources.train.d_in != base.sae.batch_width:
@@ -225,9 +232,9 @@ class TrainLoop:
         self.it = iter(loader)
         if group.data_state is not None:
             self.it.set_state(group.data_state)
-        self.evaluator = HeldoutEval(group.sources.eval, base.sae, group.mesh, base.data.batch_size,
-                                     base.data.eval_rows, base.data.slab_rows, group.built.state_shardings,
-                                     group.built.sweep_size)
+        self.evaluator = group.evaluator or HeldoutEval(
+            group.sources.eval, base.sae, group.mesh, base.data.batch_size, base.data.eval_rows,
+            base.data.slab_rows, group.built.state_shardings, group.built.sweep_size)
         self.logs = [MetricsLog(d, is_main, group.start) for d in group.run_dirs]
         # wall time already spent by an interrupted run, from its last logged record
         self.wall0 = [float(next(iter(read_metrics(d, "train")[-1:]), {}).get("wall_time_s", 0.0))
@@ -311,7 +318,8 @@ class TrainLoop:
         data_iter_state = self.it.get_state()
         for i, member in enumerate(self.unstack(self.state)):
             if not self.diverged[i]:
-                ckpt.save(self.g.managers[i], step, member, data_iter_state, self.g.resolved[i])
+                ckpt.save(self.g.managers[i], step, member, data_iter_state, self.g.resolved[i],
+                          to_items=self.g.to_items)
         if self.callback:
             self.callback("saved", step)
 

@@ -15,17 +15,22 @@ from jaxdict.train.config import RunConfig
 
 
 @functools.lru_cache(maxsize=64)
-def _train_rows(data_json: str, sae_json: str) -> int:
+def _train_rows(data_json: str, sae_json: str, clt_json: str = "null") -> int:
     from jaxdict.train.run_setup import open_sources
 
-    cfg = RunConfig.from_dict({"data": json.loads(data_json), "sae": json.loads(sae_json)})
+    cfg = RunConfig.from_dict({"data": json.loads(data_json), "sae": json.loads(sae_json), "clt": json.loads(clt_json)})
+    if cfg.clt is not None:
+        from jaxdict.clt.train_setup import open_clt_sources
+
+        return int(open_clt_sources(cfg).train.n_rows)
     return int(open_sources(cfg).train.n_rows)
 
 
 def train_split_rows(cfg: RunConfig) -> int:
     """Rows of `cfg`'s training split (the store's, or the planted data's); cached per data config."""
     d = cfg.to_dict()
-    return _train_rows(json.dumps(d["data"], sort_keys=True), json.dumps(d["sae"], sort_keys=True))
+    return _train_rows(json.dumps(d["data"], sort_keys=True), json.dumps(d["sae"], sort_keys=True),
+                       json.dumps(d["clt"], sort_keys=True))
 
 
 def run_epochs(cfg: RunConfig, tokens: float | None = None) -> float:

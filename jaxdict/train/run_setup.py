@@ -210,7 +210,8 @@ def with_new_defaults(existing: dict) -> dict:
     field's default must reproduce what jaxdict did before it existed), so an old run resumes."""
     filled = json.loads(json.dumps(existing))
     for section, fields in RunConfig().to_dict().items():
-        if isinstance(filled.get(section), dict):
+        filled.setdefault(section, fields)  # a section added since (clt: None for SAE runs)
+        if isinstance(filled.get(section), dict) and isinstance(fields, dict):
             for key, value in fields.items():
                 filled[section].setdefault(key, value)
     return filled

@@ -1,0 +1,56 @@
+"""Where the time of initialising a CLT's parameters goes: eager `init_params`, `jax.jit` with the
+PRNG key baked in as a constant (what CLTTrainer.init did: XLA then folds the whole random draw into
+a constant at compile time), and `jax.jit` with the key as an argument (what it does now), each
+into the step's shardings on a 1 × 1 mesh.
+
+    nice -n 5 python experiments/clt_init_speed.py --layers 18 --d-model 640 --features 1024
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+
+from jaxdict.clt.config import CLTConfig
+from jaxdict.clt.params import init_params, param_shardings
+from jaxdict.train.mesh import make_mesh
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=18)
+    ap.add_argument("--d-model", type=int, default=640)
+    ap.add_argument("--features", type=int, default=1024)
+    ap.add_argument("--variants", default="eager,jit_const_key,jit_key_arg")
+    args = ap.parse_args()
+    cfg = CLTConfig(n_layers=args.layers, d_model=args.d_model, n_features=args.features)
+    mesh = make_mesh(1, 1, devices=jax.devices()[:1])
+    shardings = param_shardings(jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0))), mesh)
+    n_params = sum(a.size for a in jax.tree.leaves(jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))))
+    out = {"n_params": n_params, "jax": jax.__version__}
+    for variant in args.variants.split(","):
+        if variant == "eager":
+            out[variant] = {"total_s": timed(lambda: init_params(cfg, jax.random.PRNGKey(0)))}
+        elif variant == "jit_const_key":  # the key is a closure constant of the traced function
+            fn = jax.jit(lambda: init_params(cfg, jax.random.PRNGKey(0)), out_shardings=shardings)
+            out[variant] = {"first_call_s": timed(fn), "second_call_s": timed(fn)}
+        elif variant == "jit_key_arg":
+            fn = jax.jit(lambda key: init_params(cfg, key), out_shardings=shardings)
+            key = jax.random.PRNGKey(0)
+            out[variant] = {"first_call_s": timed(lambda: fn(key)), "second_call_s": timed(lambda: fn(key))}
+        else:
+            raise SystemExit(f"unknown variant {variant!r}; valid: eager, jit_const_key, jit_key_arg")
+        print(json.dumps({variant: out[variant]}), flush=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
