@@ -1,7 +1,8 @@
-"""Where the time of initialising a CLT's parameters goes: eager `init_params`, `jax.jit` with the
-PRNG key baked in as a constant (what CLTTrainer.init did: XLA then folds the whole random draw into
-a constant at compile time), and `jax.jit` with the key as an argument (what it does now), each
-into the step's shardings on a 1 × 1 mesh.
+"""Where the time of initialising a CLT's parameters goes, each variant into the step's shardings on a
+1 × 1 mesh: `init_params` eagerly; under `jax.jit` with the PRNG key a closure constant
+(CLTTrainer.init) or an argument (the driver's run_layout.load_or_init); and `jit_per_block_draws`,
+the decoder init as it was before (one `jax.random.normal` per source layer: L random kernels to
+compile, vs one draw cut into blocks now).
 
     nice -n 5 python experiments/clt_init_speed.py --layers 18 --d-model 640 --features 1024
 """
@@ -16,6 +17,22 @@ import jax
 from jaxdict.clt.config import CLTConfig
 from jaxdict.clt.params import init_params, param_shardings
 from jaxdict.train.mesh import make_mesh
+
+
+def per_block_init(cfg: CLTConfig, key: jax.Array):
+    """The decoder init before: one draw per source layer (same distribution, other numbers)."""
+    import jax.numpy as jnp
+
+    L, d, F = cfg.n_layers, cfg.d_model, cfg.n_features
+    enc_key, dec_key = jax.random.split(key)
+    W_enc = jax.random.normal(enc_key, (L, d, F), jnp.float32)
+    W_enc = W_enc / jnp.linalg.norm(W_enc, axis=1, keepdims=True)
+    W_dec = []
+    for layer, k in enumerate(jax.random.split(dec_key, L)):
+        block = jax.random.normal(k, (F, L - layer, d), jnp.float32)
+        W_dec.append(block / jnp.linalg.norm(block.reshape(F, -1), axis=1)[:, None, None])
+    params = init_params(cfg, key)
+    return params.replace(W_enc=W_enc, W_dec=tuple(W_dec))
 
 
 def timed(fn) -> float:
@@ -42,12 +59,17 @@ def main() -> None:
         elif variant == "jit_const_key":  # the key is a closure constant of the traced function
             fn = jax.jit(lambda: init_params(cfg, jax.random.PRNGKey(0)), out_shardings=shardings)
             out[variant] = {"first_call_s": timed(fn), "second_call_s": timed(fn)}
+        elif variant == "jit_per_block_draws":
+            fn = jax.jit(lambda key: per_block_init(cfg, key), out_shardings=shardings)
+            key = jax.random.PRNGKey(0)
+            out[variant] = {"first_call_s": timed(lambda: fn(key)), "second_call_s": timed(lambda: fn(key))}
         elif variant == "jit_key_arg":
             fn = jax.jit(lambda key: init_params(cfg, key), out_shardings=shardings)
             key = jax.random.PRNGKey(0)
             out[variant] = {"first_call_s": timed(lambda: fn(key)), "second_call_s": timed(lambda: fn(key))}
         else:
-            raise SystemExit(f"unknown variant {variant!r}; valid: eager, jit_const_key, jit_key_arg")
+            raise SystemExit(f"unknown variant {variant!r}; valid: eager, jit_const_key, jit_key_arg, "
+                             "jit_per_block_draws")
         print(json.dumps({variant: out[variant]}), flush=True)
     print(json.dumps(out))
 

@@ -103,7 +103,13 @@ def test_penalty_gradient_uses_concatenated_decoder_norm():
     params = _perturbed_params(cfg)
     x, _ = split_rows(jnp.asarray(planted_clt_rows(BATCH, L, D, seed=4)), cfg)
     a = forward(params, x, cfg).latents
-    grad = jax.grad(lambda W_dec: sparsity_penalty(params.replace(W_dec=W_dec), a, cfg))(params.W_dec)
+    # The gradient in float64: in float32, 1 − tanh²(c·u) of a saturated feature (c·u ≈ 8) carries
+    # a rounding error of ~1e-7 against its size ~1e-6, which says nothing about the formula.
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda v: jnp.asarray(np.asarray(v), jnp.float64), params)
+        a_jax = jnp.asarray(np.asarray(a), jnp.float64)
+        grad = jax.grad(lambda W_dec: sparsity_penalty(p64.replace(W_dec=W_dec), a_jax, cfg))(p64.W_dec)
+        grad = [np.asarray(g) for g in grad]
     a64 = np.asarray(a, np.float64)
     for layer, block in enumerate(params.W_dec):
         W = np.asarray(block, np.float64)

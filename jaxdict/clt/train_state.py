@@ -48,8 +48,7 @@ class CLTTrainState:
 
 def init_clt_state(cfg: CLTConfig, optim_cfg: OptimConfig, key: jax.Array, input_scale: Any = 1.0,
                    hparams: dict[str, float] | None = None, b_dec: Any = None) -> CLTTrainState:
-    """A fresh state (pure: call under jit with `key` an argument, not a constant — a constant key
-    lets XLA fold the whole random draw at compile time; BENCHMARKS.md "CLT initialisation")."""
+    """A fresh state (pure: call under jit or eval_shape; the driver jits it into its shardings)."""
     params = init_params(cfg, key)
     if b_dec is not None:
         params = params.replace(b_dec=jnp.asarray(b_dec, jnp.float32))
