@@ -54,7 +54,9 @@ def main() -> None:
     n_params = sum(a.size for a in jax.tree.leaves(jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))))
     out = {"n_params": n_params, "jax": jax.__version__}
     for variant in args.variants.split(","):
-        if variant == "eager":
+        if variant == "eager_per_block_draws":
+            out[variant] = {"total_s": timed(lambda: per_block_init(cfg, jax.random.PRNGKey(0)))}
+        elif variant == "eager":
             out[variant] = {"total_s": timed(lambda: init_params(cfg, jax.random.PRNGKey(0)))}
         elif variant == "jit_const_key":  # the key is a closure constant of the traced function
             fn = jax.jit(lambda: init_params(cfg, jax.random.PRNGKey(0)), out_shardings=shardings)
@@ -68,8 +70,8 @@ def main() -> None:
             key = jax.random.PRNGKey(0)
             out[variant] = {"first_call_s": timed(lambda: fn(key)), "second_call_s": timed(lambda: fn(key))}
         else:
-            raise SystemExit(f"unknown variant {variant!r}; valid: eager, jit_const_key, jit_key_arg, "
-                             "jit_per_block_draws")
+            raise SystemExit(f"unknown variant {variant!r}; valid: eager, eager_per_block_draws, "
+                             "jit_const_key, jit_key_arg, jit_per_block_draws")
         print(json.dumps({variant: out[variant]}), flush=True)
     print(json.dumps(out))
 
