@@ -1,7 +1,8 @@
 """`jaxdict export RUN --out DIR`: write an SAE in the SAELens layout (cfg.json +
 sae_weights.safetensors, normalisation folded in); `jaxdict export RUN [RUN...] --format
 circuit-tracer --out DIR`: write transcoders (one per layer, mlp_in.L -> mlp_out.L) in circuit-tracer's
-per-layer layout (jaxdict/sae/circuit_tracer_io.py); `jaxdict export --import PATH --out DIR`: bring
+per-layer layout (jaxdict/sae/circuit_tracer_io.py), or one cross-layer transcoder run in its CLT layout
+(jaxdict/clt/circuit_tracer_io.py, scales folded); `jaxdict export --import PATH --out DIR`: bring
 a SAELens folder, a Gemma Scope params.npz or a Gemma Scope 2 params.safetensors in (written back out
 in the SAELens layout, with hook and model names translated, so jaxdict commands load it)."""
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", nargs="*", default=[],
                         help="training run folder (or any loadable SAE) to export; for circuit-tracer, one "
-                             "transcoder per layer")
+                             "transcoder per layer, or one CLT run")
     parser.add_argument("--import", dest="import_path", default=None,
                         help="a SAELens folder, Gemma Scope params.npz or Gemma Scope 2 params.safetensors "
                              "(or its folder) to import instead")

@@ -72,6 +72,11 @@ def build_train_step(cfg: RunConfig, mesh: Mesh, *, sweep_size: int | None = Non
     """
     if sweep_size is not None and sweep_size < 2:
         raise ValueError(f"sweep_size must be None (one run) or >= 2, got {sweep_size}")
+    if cfg.clt is not None:
+        from jaxdict.sae.config import ConfigError
+
+        raise ConfigError("this config trains a CLT (clt is set): its step is jaxdict.clt.train_step.build_clt_step; "
+                          "the SAE step builder (and jaxdict plan, which uses it) does not cover CLTs")
     abstract = abstract_member_state(cfg)
     specs = state_specs(cfg.sae, cfg.optim, abstract, shard=cfg.mesh.shard)
     member_shardings = to_shardings(mesh, specs)
