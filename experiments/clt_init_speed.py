@@ -61,6 +61,11 @@ def main() -> None:
         elif variant == "jit_const_key":  # the key is a closure constant of the traced function
             fn = jax.jit(lambda: init_params(cfg, jax.random.PRNGKey(0)), out_shardings=shardings)
             out[variant] = {"first_call_s": timed(fn), "second_call_s": timed(fn)}
+        elif variant == "driver_state":  # what `jaxdict train` runs: params + Adam state, into shardings
+            from jaxdict.clt.train_state import load_or_init_clt_state
+            from jaxdict.train.optim import OptimConfig
+
+            out[variant] = {"total_s": timed(lambda: load_or_init_clt_state(cfg, OptimConfig(), mesh).value)}
         elif variant == "jit_per_block_draws":
             fn = jax.jit(lambda key: per_block_init(cfg, key), out_shardings=shardings)
             key = jax.random.PRNGKey(0)
@@ -70,7 +75,7 @@ def main() -> None:
             key = jax.random.PRNGKey(0)
             out[variant] = {"first_call_s": timed(lambda: fn(key)), "second_call_s": timed(lambda: fn(key))}
         else:
-            raise SystemExit(f"unknown variant {variant!r}; valid: eager, eager_per_block_draws, "
+            raise SystemExit(f"unknown variant {variant!r}; valid: eager, eager_per_block_draws, driver_state, "
                              "jit_const_key, jit_key_arg, jit_per_block_draws")
         print(json.dumps({variant: out[variant]}), flush=True)
     print(json.dumps(out))
