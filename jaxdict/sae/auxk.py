@@ -18,7 +18,6 @@ not the d·F weights).
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -148,84 +147,6 @@ def _slot_preacts_bwd(residuals, g):
 slot_preacts.defvjp(_slot_preacts_fwd, _slot_preacts_bwd)
 
 
-def _aux_from_slots(c: int, W_enc: Array, bias: Array, W_dec: Array, x: Array, residual: Array,
-                    pre_acts: Array | None, ids: Array, valid: Array, cfg: SAEConfig, mesh: Mesh | None):
-    """AuxK's loss and `reached` count from the first c of the buffer's slots, and the loss's gradient
-    with respect to the slot arrays (zero past c). The slot arrays hold every slot: the first c are
-    the dead latents when the buffer of size c is the one used (select_dead's order)."""
-    from jaxdict.sae.forward import constrain_sharding
-
-    k_aux = cfg.effective_aux_k
-    cdt = jnp.dtype(cfg.compute_dtype)
-    ids_c, valid_c = ids[:c], valid[:c]
-    z_slots = None if pre_acts is None else gather_slots(pre_acts, ids_c, 1, mesh, batch_rows=True)
-
-    def loss_of(W_enc_c, bias_c, W_dec_c):
-        if z_slots is None:
-            z = jnp.dot(x.astype(cdt), W_enc_c.astype(cdt), preferred_element_type=jnp.float32) + bias_c
-        else:
-            z = slot_preacts(x.astype(jnp.float32), W_enc_c, bias_c, z_slots)
-        z = constrain_sharding(z, mesh, P(DATA, MODEL))
-        picked = selection_mask(z, valid_c, k_aux, mesh)
-        live = picked & (z > 0) if cfg.aux_relu else picked
-        f = jnp.where(live, z, jnp.zeros_like(z))
-        e_hat = jnp.dot(f.astype(cdt), W_dec_c.astype(cdt), preferred_element_type=jnp.float32)
-        err = jnp.sum(jnp.square(residual - e_hat))
-        baseline = jnp.sum(jnp.square(residual - jnp.mean(residual, axis=0, keepdims=True)))
-        reached = jnp.sum(jnp.any(live, axis=0) & valid_c, dtype=jnp.int32)
-        return err / jnp.maximum(baseline, 1e-12), reached
-
-    (loss, reached), (g_enc, g_bias, g_dec) = jax.value_and_grad(loss_of, argnums=(0, 1, 2), has_aux=True)(
-        W_enc[:, :c], bias[:c], W_dec[:c])
-    pad = W_enc.shape[1] - c
-    grads = (jnp.pad(g_enc, ((0, 0), (0, pad))).astype(W_enc.dtype), jnp.pad(g_bias, (0, pad)).astype(bias.dtype),
-             jnp.pad(g_dec, ((0, pad), (0, 0))).astype(W_dec.dtype))
-    return loss, reached.astype(jnp.float32), grads
-
-
-def _aux_switch(cfg, mesh, sizes, W_enc, bias, W_dec, x, residual, pre_acts, ids, valid, bucket):
-    """lax.switch over the buffer sizes (branch 0: nothing dead). Every branch returns slot-sized
-    gradients, so nothing of size F crosses the switch (see _buffered_aux)."""
-    def nothing_dead(_):
-        zero = jnp.zeros((), jnp.float32)
-        return zero, zero, (jnp.zeros_like(W_enc), jnp.zeros_like(bias), jnp.zeros_like(W_dec))
-
-    def with_buffer(c):
-        return lambda _: _aux_from_slots(c, W_enc, bias, W_dec, x, residual, pre_acts, ids, valid, cfg, mesh)
-
-    return lax.switch(bucket, [nothing_dead] + [with_buffer(c) for c in sizes], None)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _buffered_aux(cfg, mesh, sizes, W_enc, bias, W_dec, x, residual, pre_acts, ids, valid, bucket):
-    """(loss, reached) of AuxK on the gathered slot arrays; differentiable in W_enc, bias, W_dec.
-
-    Why a custom VJP: differentiated through lax.switch by autodiff, every branch of the forward
-    switch returns the residuals of *all* branches (zeros for the others': [B, C] blocks for every
-    buffer size) and every branch of the transposed switch returns full-size cotangents of the
-    parameters the slots were gathered from (zero [d, F] and [F, d] arrays, filled and added every
-    step, dead latents or not). Here the branch computes its slot gradients itself (its own
-    value_and_grad), the switch returns only [d, C]-sized arrays, and the gathers' transposes
-    outside it are scatter-adds that XLA folds into the main gradients in place."""
-    loss, reached, _ = _aux_switch(cfg, mesh, sizes, W_enc, bias, W_dec, x, residual, pre_acts, ids, valid, bucket)
-    return loss, reached
-
-
-def _buffered_aux_fwd(cfg, mesh, sizes, W_enc, bias, W_dec, x, residual, pre_acts, ids, valid, bucket):
-    loss, reached, grads = _aux_switch(cfg, mesh, sizes, W_enc, bias, W_dec, x, residual, pre_acts, ids, valid,
-                                       bucket)
-    return (loss, reached), grads
-
-
-def _buffered_aux_bwd(cfg, mesh, sizes, grads, cotangents):
-    g = cotangents[0]
-    g_enc, g_bias, g_dec = grads
-    return (g * g_enc, g * g_bias, g * g_dec) + (None,) * 6
-
-
-_buffered_aux.defvjp(_buffered_aux_fwd, _buffered_aux_bwd)
-
-
 def aux_k_loss(
     params, x: Float[Array, "B d"], residual: Float[Array, "B d"], dead: Bool[Array, " F"],
     step: Int[Array, ""], n_dead_max: Int[Array, ""], cfg: SAEConfig, mesh: Mesh | None,
@@ -240,23 +161,43 @@ def aux_k_loss(
     `n_dead_max` picks the buffer size (the largest dead count over a sweep axis, so that under
     vmap the lax.switch stays a switch: with nothing dead anywhere the step skips AuxK).
     `pre_acts`: the forward pass's z [B, F] (x W_enc + b_enc − b_dec W_enc), whose slots are read
-    instead of recomputed; None recomputes them.
-
-    The ids of the largest buffer are selected and the slot weights gathered once, outside the
-    switch: with n_dead ≤ c the first c of them are exactly the dead latents in feature order, what
-    a buffer of size c would hold, so each branch reads a prefix."""
-    from jaxdict.sae.forward import uses_pre_encoder_bias
+    instead of recomputed; None recomputes them."""
+    from jaxdict.sae.forward import constrain_sharding, uses_pre_encoder_bias
 
     sizes = dead_buffer_sizes(cfg, mesh)
+    k_aux = cfg.effective_aux_k
+    cdt = jnp.dtype(cfg.compute_dtype)
     n_dead = jnp.sum(dead, dtype=jnp.int32)
-    ids, valid = select_dead(dead, sizes[-1], step)
-    W_enc = gather_slots(params.W_enc, ids, 1, mesh)
-    W_dec = gather_slots(params.W_dec, ids, 0, mesh)
-    bias = gather_slots(params.b_enc, ids, 0, mesh)
-    if uses_pre_encoder_bias(cfg):
-        bias = bias - params.b_dec @ W_enc  # (x − b_dec) W + b, folded as in forward.py
-    z_full = None if pre_acts is None else lax.stop_gradient(pre_acts)
-    loss, reached = _buffered_aux(cfg, mesh, sizes, W_enc, bias, W_dec, x, lax.stop_gradient(residual), z_full,
-                                  ids, valid, bucket_index(n_dead_max, sizes))
-    counts = {"aux_dead_latents": n_dead.astype(jnp.float32), "aux_grad_latents": reached}
+
+    def with_buffer(capacity):
+        def run(_):
+            ids, valid = select_dead(dead, capacity, step)
+            W_enc = gather_slots(params.W_enc, ids, 1, mesh)
+            W_dec = gather_slots(params.W_dec, ids, 0, mesh)
+            bias = gather_slots(params.b_enc, ids, 0, mesh)
+            if uses_pre_encoder_bias(cfg):
+                bias = bias - params.b_dec @ W_enc  # (x − b_dec) W + b, folded as in forward.py
+            if pre_acts is None:
+                z = jnp.dot(x.astype(cdt), W_enc.astype(cdt), preferred_element_type=jnp.float32) + bias
+            else:
+                z_slots = gather_slots(lax.stop_gradient(pre_acts), ids, 1, mesh, batch_rows=True)
+                z = slot_preacts(x.astype(jnp.float32), W_enc, bias, z_slots)
+            z = constrain_sharding(z, mesh, P(DATA, MODEL))
+            picked = selection_mask(z, valid, k_aux, mesh)
+            live = picked & (z > 0) if cfg.aux_relu else picked
+            f = jnp.where(live, z, jnp.zeros_like(z))
+            e_hat = jnp.dot(f.astype(cdt), W_dec.astype(cdt), preferred_element_type=jnp.float32)
+            err = jnp.sum(jnp.square(residual - e_hat))
+            baseline = jnp.sum(jnp.square(residual - jnp.mean(residual, axis=0, keepdims=True)))
+            reached = jnp.sum(jnp.any(live, axis=0) & valid, dtype=jnp.int32)
+            return err / jnp.maximum(baseline, 1e-12), reached
+
+        return run
+
+    def nothing_dead(_):
+        return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
+
+    branches = [nothing_dead] + [with_buffer(c) for c in sizes]
+    loss, reached = lax.switch(bucket_index(n_dead_max, sizes), branches, None)
+    counts = {"aux_dead_latents": n_dead.astype(jnp.float32), "aux_grad_latents": reached.astype(jnp.float32)}
     return loss, counts
