@@ -7,7 +7,7 @@ One row = one `jaxdict train` of experiments/quality.py:gemma plus the architect
 `jaxdict eval` on held-out documents. Rows whose folder holds result.json (and eval/eval.json) are
 not trained (evaluated) again, so the script resumes. ReLU-L1 has no L0 knob: λ is searched (secant
 steps on log λ against log L0, from λ = 1) until the held-out L0 lies within ±15 % of the target;
-every try is a full run and the table reports how many it took.
+every try is a full run, the tries are pooled across targets, and the table reports them.
 """
 from __future__ import annotations
 
@@ -52,24 +52,47 @@ def command_of(run: Path, store: str, sets: list[str]) -> str:
             f" && jaxdict eval {run} --out {run}/eval")
 
 
+def finished_relu_l1_runs(out: Path) -> list[tuple[float, float, Path]]:
+    """(λ, held-out L0, run) of every evaluated ReLU-L1 run under `out`, whatever target it was for."""
+    points = []
+    for run in sorted(out.glob("relu_l1-*-try*")):
+        if (run / "eval" / "eval.json").is_file() and (run / "config.json").is_file():
+            lam = float(json.loads((run / "config.json").read_text())["sae"]["l1_coeff"])
+            points.append((lam, float(json.loads((run / "eval" / "eval.json").read_text())["l0"]), run))
+    return points
+
+
+def next_lambda(points: list[tuple[float, float, Path]], target: int) -> float:
+    """λ for the next try: λ = 1 with nothing measured; from one point, L0 ∝ 1/λ; from more, the
+    secant of log L0 against log λ through the two points nearest the target."""
+    if not points:
+        return 1.0
+    near = sorted(points, key=lambda p: abs(math.log(p[1] / target)))
+    if len(near) == 1 or near[0][0] == near[1][0] or near[0][1] == near[1][1]:
+        return near[0][0] * near[0][1] / target
+    (l1, a, _), (l2, b, _) = near[0], near[1]
+    slope = (math.log(b) - math.log(a)) / (math.log(l2) - math.log(l1))
+    return l1 * math.exp((math.log(target) - math.log(a)) / min(slope, -0.1))
+
+
 def relu_l1_search(out: Path, target: int, store: str, eval_tokens: int, max_tries: int) -> tuple[Path, list]:
-    """λ tries until the held-out L0 is within tolerance; returns the chosen run and the tries."""
-    tries: list[tuple[float, float, Path]] = []
-    lam = 1.0
+    """λ tries until the held-out L0 is within tolerance; returns the chosen run and every (λ, L0)
+    the choice rested on. Runs are pooled across targets (λ = 1 serves L0 32 and 64 alike), so a
+    search for one target starts from what the other already measured."""
     for i in range(max_tries):
-        run = out / f"relu_l1-{target}-try{i}"
-        ev = train_and_eval(run, ["sae.arch=relu_l1", f"sae.l1_coeff={lam:.4g}"], store, eval_tokens)
-        tries.append((lam, float(ev["l0"]), run))
-        if abs(ev["l0"] / target - 1.0) <= L0_TOLERANCE:
+        points = finished_relu_l1_runs(out)
+        hits = [p for p in points if abs(p[1] / target - 1.0) <= L0_TOLERANCE]
+        if hits:
             break
-        if len(tries) == 1:  # L0 ∝ λ^(-1) as a first guess of the slope
-            lam = lam * ev["l0"] / target
-        else:
-            (l1, a, _), (l2, b, _) = tries[-2], tries[-1]
-            slope = (math.log(b) - math.log(a)) / (math.log(l2) - math.log(l1)) if l1 != l2 and a != b else -1.0
-            lam = l2 * math.exp((math.log(target) - math.log(b)) / min(slope, -0.1))
-    best = min(tries, key=lambda t: abs(t[1] / target - 1.0))
-    return best[2], [(t[0], t[1]) for t in tries]
+        lam = next_lambda(points, target)
+        run = out / f"relu_l1-{target}-try{i}"
+        while (run / "eval" / "eval.json").is_file():  # a name taken by an earlier search
+            i += 100
+            run = out / f"relu_l1-{target}-try{i}"
+        train_and_eval(run, ["sae.arch=relu_l1", f"sae.l1_coeff={lam:.4g}"], store, eval_tokens)
+    points = finished_relu_l1_runs(out)
+    best = min(points, key=lambda t: abs(t[1] / target - 1.0))
+    return best[2], [(t[0], t[1]) for t in sorted(points)]
 
 
 def main(argv=None) -> int:
@@ -90,7 +113,8 @@ def main(argv=None) -> int:
         tries = None
         if arch == "relu_l1":
             run, tries = relu_l1_search(out, target_l0, args.store, args.eval_tokens, args.max_tries)
-            sets = ["sae.arch=relu_l1", f"sae.l1_coeff={tries[-1][0]:.4g}"]
+            lam = json.loads((run / "config.json").read_text())["sae"]["l1_coeff"]
+            sets = ["sae.arch=relu_l1", f"sae.l1_coeff={lam:.4g}"]
         else:
             sets = [f"sae.arch={arch}", f"{KNOBS[arch]}={target_l0}"]
             run = out / row
