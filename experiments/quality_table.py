@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -95,6 +96,32 @@ def relu_l1_search(out: Path, target: int, store: str, eval_tokens: int, max_tri
     return best[2], [(t[0], t[1]) for t in sorted(points)]
 
 
+def render_rows(results: Path) -> str:
+    """The markdown rows of quality.md from the results file (the last record of each row wins)."""
+    records = {}
+    for line in results.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            records[r["row"]] = r
+    topk_fvu = {r["target_l0"]: r["eval"]["fvu"] for r in records.values() if r["arch"] == "topk"}
+    lines = []
+    for r in sorted(records.values(), key=lambda r: (r["target_l0"], r["arch"])):
+        ev, target = r["eval"], r["target_l0"]
+        l0 = f"{ev['l0']:.2f} ({100 * (ev['l0'] / target - 1):+.1f} %)"
+        fvu = f"{ev['fvu']:.4f}"
+        if r["arch"] != "topk" and target in topk_fvu:
+            fvu += f" ({100 * (ev['fvu'] / topk_fvu[target] - 1):+.1f} % vs TopK)"
+        tries = ""
+        if r.get("l1_tries"):
+            tries = "; λ tries (pooled over both targets): " + ", ".join(f"{lam:.3g}→{l0_:.0f}" for lam, l0_ in r["l1_tries"])
+        command = r["command"].replace(str(Path(r["run"]).parent), "runs/q")
+        command = re.sub(r"(data\.store=|--store )\S+", r"\1STORE", command)
+        lines.append(f"| {r['row']} | {l0} | {fvu} | {ev['delta_ce']:.4f} | {ev['kl']:.3f} | "
+                     f"{100 * ev['dead_frac']:.1f} % | {100 * ev['dense_frac']:.2f} % | {r['tokens_per_s']:,.0f} | "
+                     f"`{command}`{tries} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", required=True)
@@ -103,7 +130,11 @@ def main(argv=None) -> int:
     p.add_argument("--eval-tokens", type=int, default=65536)
     p.add_argument("--max-tries", type=int, default=4, help="ReLU-L1 λ tries per target")
     p.add_argument("--results", default=None, help="JSON lines file the rows are appended to")
+    p.add_argument("--render", action="store_true", help="print the table rows of --results and exit")
     args = p.parse_args(argv)
+    if args.render:
+        print(render_rows(Path(args.results or Path(args.out) / "quality_rows.jsonl")))
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = Path(args.results or out / "quality_rows.jsonl")
