@@ -96,6 +96,17 @@ def relu_l1_search(out: Path, target: int, store: str, eval_tokens: int, max_tri
     return best[2], [(t[0], t[1]) for t in sorted(points)]
 
 
+def median_logged_rate(run: Path) -> float | None:
+    """Median of the training log's tokens/s (one value per logging interval): unlike tokens / wall
+    time it is not moved by a pause or a slow start; None when the run logs no rate (SAELens)."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rates = sorted(r["tokens_per_s"] for r in map(json.loads, path.read_text().splitlines())
+                   if r.get("split") == "train" and "tokens_per_s" in r)
+    return rates[len(rates) // 2] if rates else None
+
+
 def render_rows(results: Path) -> str:
     """The markdown rows of quality.md from the results file (the last record of each row wins)."""
     records = {}
@@ -114,10 +125,12 @@ def render_rows(results: Path) -> str:
         tries = ""
         if r.get("l1_tries"):
             tries = "; λ tries (pooled over both targets): " + ", ".join(f"{lam:.3g}→{l0_:.0f}" for lam, l0_ in r["l1_tries"])
+        median = median_logged_rate(Path(r["run"]))
         command = r["command"].replace(str(Path(r["run"]).parent), "runs/q")
         command = re.sub(r"(data\.store=|--store )\S+", r"\1STORE", command)
         lines.append(f"| {r['row']} | {l0} | {fvu} | {ev['delta_ce']:.4f} | {ev['kl']:.3f} | "
                      f"{100 * ev['dead_frac']:.1f} % | {100 * ev['dense_frac']:.2f} % | {r['tokens_per_s']:,.0f} | "
+                     f"{'—' if median is None else f'{median:,.0f}'} | "
                      f"`{command}`{tries} |")
     return "\n".join(lines)
 
