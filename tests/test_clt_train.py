@@ -202,6 +202,23 @@ def test_sweep_axis_equals_separate_runs(store_root, tmp_path):
         train_group([members[0], odd], [tmp_path / "x" / "a", tmp_path / "x" / "b"])
 
 
+def test_clt_configs_refuse_what_a_clt_does_not_use(store_root):
+    from jaxdict.config import apply_overrides
+    from jaxdict.sae.config import SAEConfig
+    from jaxdict.train.step_builder import build_train_step
+
+    cfg = config(store_root)
+    with pytest.raises(ConfigError, match="does not use the sae section"):
+        dataclasses.replace(cfg, sae=dataclasses.replace(SAEConfig(), n_features=2 * SAEConfig().n_features))
+    with pytest.raises(ConfigError, match="mesh.shard = 'fsdp'"):
+        apply_overrides(cfg, ["mesh.shard=fsdp"])
+    with pytest.raises(ConfigError, match="data.hook"):
+        apply_overrides(cfg, ["data.hook=resid_post.9"])
+    with pytest.raises(ConfigError, match="build_clt_step"):
+        build_train_step(cfg, make_mesh(1, 1, devices=jax.devices()[:1]))
+    assert apply_overrides(cfg, ["clt.k=null", "clt.n_features=32"]).clt.n_features == 32
+
+
 @pytest.mark.slow
 def test_sigterm_preempts_and_the_resumed_run_equals_an_uninterrupted_one(store_root, tmp_path):
     """`jaxdict train` in a child process: SIGTERM mid-run saves and exits 0 (preempted); the same
