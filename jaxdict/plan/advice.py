@@ -2,9 +2,9 @@
 
 Candidates, tried in order until one fits or `max_compiles` is spent: the same sharding mode on a
 wider model axis (the features, hence the weight-sized gradients and Adam state, split over more
-chips), then FSDP on each mesh (state over every chip), then halving the batch on the asked mesh.
-States that cannot fit by the closed-form size (jaxdict.plan.train_plan.estimate_state_bytes) are
-skipped without compiling.
+chips), then FSDP on each mesh (state over every chip; not for a CLT, whose features live over
+`model` only), then halving the batch on the asked mesh. States that cannot fit by the closed-form
+size (jaxdict.plan.train_plan.estimate_state_bytes) are skipped without compiling.
 """
 from __future__ import annotations
 
@@ -44,11 +44,13 @@ def _with(cfg: RunConfig, *, data: int | None = None, model: int | None = None, 
 
 def candidates(cfg: RunConfig, n_chips: int) -> list[RunConfig]:
     models = [m for m in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if m <= n_chips and n_chips % m == 0]
-    wider = [m for m in models if m > cfg.mesh.model and cfg.sae.n_features % m == 0]
+    n_features = cfg.clt.n_features if cfg.clt is not None else cfg.sae.n_features
+    wider = [m for m in models if m > cfg.mesh.model and n_features % m == 0]
     out = [_with(cfg, data=n_chips // m, model=m) for m in wider]
-    if cfg.mesh.shard != "fsdp":
+    # A CLT stores its features over `model` only (RunConfig refuses fsdp for it).
+    if cfg.mesh.shard != "fsdp" and cfg.clt is None:
         out += [_with(cfg, data=n_chips // m, model=m, shard="fsdp") for m in [cfg.mesh.model, *wider]
-                if cfg.sae.n_features % n_chips == 0]
+                if n_features % n_chips == 0]
     batch = cfg.data.batch_size // 2
     n_data = cfg.mesh.data or n_chips // cfg.mesh.model
     while batch >= n_data and batch % n_data == 0 and batch >= 256:

@@ -24,6 +24,11 @@ def _record(plan: Any) -> dict:
     return out
 
 
+def _row_width(cfg: RunConfig) -> int:
+    """Values per token the hosts read: a CLT's row is resid_mid.l and mlp_out.l of every layer."""
+    return 2 * cfg.clt.n_layers * cfg.clt.d_model if cfg.clt is not None else cfg.sae.d_in
+
+
 def _sae_line(cfg: RunConfig, sweep: int | None) -> str:
     s = cfg.sae
     k = f" k={s.k}" if s.arch in ("topk", "batchtopk") else ""
@@ -39,6 +44,8 @@ def topk_option_lines(plan: Any) -> list[str]:
     from jaxdict.plan.approx_topk import recall
 
     cfg, cost = plan.cfg, plan.cost
+    if cfg.clt is not None:  # a CLT's top-k runs per layer on [B, F] rows; its traffic is in the roofline
+        return []
     if cfg.sae.arch not in ("topk", "batchtopk") or not cost.sorts or plan.topology.chip.kind != "tpu":
         return []
     exact = [s for s in cost.sorts if s.op in ("topk", "sort")]
@@ -56,7 +63,8 @@ def topk_option_lines(plan: Any) -> list[str]:
 
 def print_train_plan(cfg: RunConfig, topo: Topology, sweep: int | None, args: Any, out=print) -> tuple[int, dict]:
     from jaxdict.plan.advice import find_fit, overflow_message
-    from jaxdict.plan.train_plan import model_flops, plan_train
+    from jaxdict.plan.clt_plan import clt_line
+    from jaxdict.plan.train_plan import compute_dtype, model_flops, plan_train
 
     if topo.chip.kind == "gpu":
         from jaxdict.plan.gpu import plan_on_local_compiler
@@ -65,8 +73,8 @@ def print_train_plan(cfg: RunConfig, topo: Topology, sweep: int | None, args: An
     else:
         plan = plan_train(cfg, topo, sweep)
     out(f"plan {cfg.run.name!r} on {report.topology_line(topo)}; mesh {plan.mesh_shape[0]}x{plan.mesh_shape[1]} data×model")
-    out(_sae_line(cfg, sweep))
-    out(report.chip_line(topo.chip, cfg.sae.compute_dtype))
+    out(_sae_line(cfg, sweep) if cfg.clt is None else clt_line(cfg, sweep))
+    out(report.chip_line(topo.chip, compute_dtype(cfg)))
     record = {"config": cfg.run.name, **_record(plan)}
     if plan.cost is not None:
         for line in report.memory_lines(plan.cost.memory):
@@ -77,7 +85,7 @@ def print_train_plan(cfg: RunConfig, topo: Topology, sweep: int | None, args: An
             f"{plan.cost.bytes_accessed / 1e9:.3f} GB")
         for lines in (report.collective_lines(plan.cost), report.sort_lines(plan.cost, topo.chip),
                       report.roofline_lines(plan.roofline, model_flops(cfg), n),
-                      report.input_lines(plan.roofline, topo, cfg.sae.d_in, args.store_dtype,
+                      report.input_lines(plan.roofline, topo, _row_width(cfg), args.store_dtype,
                                          args.loader_gbps * 1e9 if args.loader_gbps else None),
                       topk_option_lines(plan)):
             for line in lines:
@@ -100,7 +108,7 @@ def print_train_plan(cfg: RunConfig, topo: Topology, sweep: int | None, args: An
 def print_harvest_plan(args: Any, topo: Topology, out=print) -> int:
     from jaxdict.plan.harvest_plan import plan_harvest
 
-    plan = plan_harvest(args.harvest, topo, batch=args.batch, context=args.context, layer=args.layer,
+    plan = plan_harvest(args.harvest, topo, batch=args.batch or 64, context=args.context, layer=args.layer,
                         layout=args.layout, n_model=_model_axis(args), dtype="bfloat16")
     out(f"harvest {plan.model} through block {plan.layer} on {report.topology_line(topo)}; layout {plan.layout}, "
         f"mesh {plan.mesh_shape[0]}x{plan.mesh_shape[1]}, {plan.batch} windows × {plan.context} tokens, bf16 weights")

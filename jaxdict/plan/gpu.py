@@ -16,7 +16,7 @@ import jax
 from jaxdict.plan.analysis import analyse
 from jaxdict.plan.chips import CHIPS, Chip, Topology
 from jaxdict.plan.roofline import roofline
-from jaxdict.plan.train_plan import TrainPlan, lower_train_step
+from jaxdict.plan.train_plan import TrainPlan, compute_dtype, lower_train_step
 from jaxdict.sae.config import ConfigError, SAEConfig
 from jaxdict.train.config import DataConfig, MeshConfig, RunConfig
 from jaxdict.train.optim import OptimConfig
@@ -34,7 +34,7 @@ def plan_on_local_compiler(cfg: RunConfig, topo: Topology) -> TrainPlan:
     cost = analyse(compiled, parts, topo.chip.hbm_bytes, devices)
     n_data = cfg.mesh.data or topo.n_chips // cfg.mesh.model
     return TrainPlan(cfg, topo, (n_data, cfg.mesh.model), None, cost,
-                     roofline(cost, topo.chip, cfg.sae.compute_dtype, cfg.data.batch_size))
+                     roofline(cost, topo.chip, compute_dtype(cfg), cfg.data.batch_size))
 
 
 def predict_bench_step(chip: Chip, *, d_in: int, n_features: int, batch_size: int, k: int,

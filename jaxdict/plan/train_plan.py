@@ -33,10 +33,15 @@ def lower_train_step(cfg: RunConfig, devices: list, sweep_size: int | None = Non
     """Lower the train step of `cfg` for `devices` exactly as the driver builds it (same function,
     state and batch shardings, donation, sweep axis, dtype). Returns (lowered, argument parts):
     the parts are per-device bytes of params, optimiser state, the rest of the state and the batch."""
-    from jaxdict.train.step_builder import build_train_step
-
     mesh = make_mesh(cfg.mesh.data, cfg.mesh.model, devices=devices)
-    built = build_train_step(cfg, mesh, sweep_size=sweep_size)
+    if cfg.clt is not None:  # the CLT step the driver builds (jaxdict/clt/train_setup.py)
+        from jaxdict.clt.train_step import build_clt_step
+
+        built = build_clt_step(cfg.clt, cfg.optim, mesh, cfg.data.batch_size, sweep_size=sweep_size)
+    else:
+        from jaxdict.train.step_builder import build_train_step
+
+        built = build_train_step(cfg, mesh, sweep_size=sweep_size)
     step, state, batch = built.step, built.abstract_state, built.abstract_batch
     parts = {"params": shard_bytes(state.params), "optimiser state": shard_bytes(state.opt_state),
              "other state": shard_bytes(state) - shard_bytes(state.params) - shard_bytes(state.opt_state),
@@ -73,7 +78,7 @@ def plan_train(cfg: RunConfig, topology: Topology, sweep_size: int | None = None
     cost = analyse(compiled, parts, topology.chip.hbm_bytes, devices[: n_data * n_model])
     tokens = cfg.data.batch_size * (sweep_size or 1)
     return TrainPlan(cfg, topology, (n_data, n_model), sweep_size, cost,
-                     roofline(cost, topology.chip, cfg.sae.compute_dtype, cfg.data.batch_size))
+                     roofline(cost, topology.chip, compute_dtype(cfg), cfg.data.batch_size))
 
 
 def _first_line(err: Exception) -> str:
@@ -83,17 +88,31 @@ def _first_line(err: Exception) -> str:
     return str(err).splitlines()[0] if str(err) else repr(err)
 
 
+def compute_dtype(cfg: RunConfig) -> str:
+    """The step's matmul dtype: a CLT computes in float32 (jaxdict/clt/forward.py)."""
+    return "float32" if cfg.clt is not None else cfg.sae.compute_dtype
+
+
 def model_flops(cfg: RunConfig) -> float:
-    """The step's FLOPs by the kernel model of DESIGN.md §7 (whole batch, all devices)."""
+    """The step's FLOPs by the kernel model of DESIGN.md §7 (whole batch, all devices); a CLT's
+    by jaxdict.clt.bench.step_flops."""
     from jaxdict.bench.step import kernel_step_flops
 
+    if cfg.clt is not None:
+        from jaxdict.plan.clt_plan import clt_step_flops
+
+        return clt_step_flops(cfg)
     return kernel_step_flops(cfg.sae, cfg.data.batch_size)
 
 
 def estimate_state_bytes(cfg: RunConfig, n_devices: int, n_model: int) -> dict[str, float]:
     """Per-device bytes of params and Adam state without compiling: W_enc, W_dec (d·F each), b_enc,
     threshold (F), b_dec (d), float32, two Adam moments each; "model" splits F over the model axis,
-    "fsdp" over every device."""
+    "fsdp" over every device. A CLT: jaxdict.plan.clt_plan.clt_state_bytes."""
+    if cfg.clt is not None:
+        from jaxdict.plan.clt_plan import clt_state_bytes
+
+        return clt_state_bytes(cfg.clt, n_model)
     s = cfg.sae
     per_param = 4.0 * (2 * s.d_in * s.n_features + s.n_features * (2 if s.has_threshold else 1) + s.d_in)
     split = n_devices if cfg.mesh.shard == "fsdp" else n_model
