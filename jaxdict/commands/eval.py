@@ -1,5 +1,7 @@
 """`jaxdict eval RUN --out DIR`: reconstruction metrics on held-out activations and the SAE spliced
-into the language model (delta_ce, ce_recovered, kl). Writes eval.json, eval.txt, density.png."""
+into the language model (delta_ce, ce_recovered, kl). Writes eval.json, eval.txt, density.png.
+A CLT run folder (config.json with a `clt` section) gets jaxdict.clt.eval_run instead: per-layer
+fvu and L0, decoder mass beyond l' = l, and the replacement model; eval.json and eval.txt."""
 from __future__ import annotations
 
 import argparse
@@ -35,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     """Bad input raises ValueError / FileNotFoundError; jaxdict.cli turns it into one line, exit 1."""
     from jaxdict.evaluate.evaluation import EvalRequest, evaluate_sae, write_eval
 
+    if _is_clt_run(args.run):
+        return _eval_clt(args)
     request = EvalRequest(
         run=args.run, step=args.step, store=args.store, target_store=args.target_store, split=args.split, eval_fraction=args.eval_fraction,
         tokens=args.tokens, text_tokens=args.text_tokens, corpus=args.corpus, context=args.context,
@@ -43,4 +47,31 @@ def run(args: argparse.Namespace) -> int:
     out, table = write_eval(outcome, args.out, title=f"jaxdict eval {args.run} (step {outcome.result['step']})")
     print(table)
     print(f"wrote {out / 'eval.json'}, {out / 'eval.txt'}, {out / 'density.png'}")
+    return 0
+
+
+def _is_clt_run(path: str) -> bool:
+    import json
+    from pathlib import Path
+
+    config = Path(path) / "config.json"
+    return config.is_file() and isinstance(json.loads(config.read_text()).get("clt"), dict)
+
+
+def _eval_clt(args: argparse.Namespace) -> int:
+    from jaxdict.clt.eval_run import evaluate_clt, write_clt_eval
+
+    for flag, value in (("--target-store", args.target_store), ("--corpus", args.corpus),
+                        ("--context", args.context)):
+        if value is not None:
+            raise ValueError(f"{flag} is for SAEs and transcoders; a CLT run reads its 2L stores under --store ROOT")
+    for name, low in (("tokens", 1), ("text_tokens", 0), ("batch_size", 1)):
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name.replace('_', '-')} = {getattr(args, name)} must be >= {low}")
+    result = evaluate_clt(args.run, step=args.step, store=args.store, split=args.split,
+                          eval_fraction=args.eval_fraction, tokens=args.tokens, text_tokens=args.text_tokens,
+                          model=args.model, batch_size=args.batch_size, progress=not args.no_progress)
+    out, table = write_clt_eval(result, args.out, title=f"jaxdict eval {args.run} (CLT, step {result['step']})")
+    print(table)
+    print(f"wrote {out / 'eval.json'}, {out / 'eval.txt'}")
     return 0
