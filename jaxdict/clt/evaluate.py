@@ -86,6 +86,8 @@ def replacement_metrics(lm, params: CLTParams, cfg: CLTConfig, windows: Sequence
     for w in windows:
         if not w or w[0] != bos:
             raise ValueError(f"every window must start with BOS ({bos}); got one starting {list(w[:3])}")
+        if len(w) > lm.config.max_context:
+            raise ValueError(f"window of {len(w)} tokens exceeds the context length {lm.config.max_context}")
     if lm.config.d_model != cfg.d_model:
         raise ValueError(f"the CLT has d_model {cfg.d_model} but the language model {lm.config.d_model}")
     params = jax.tree.map(jnp.asarray, params)

@@ -12,7 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--store", default=None,
-                        help="activation store of the SAE's model and hook (default: the run's own store)")
+                        help="activation store of the SAE's model and hook (default: the run's own store); for a CLT "
+                             "run, the folder of its resid_mid.L / mlp_out.L stores")
     parser.add_argument("--target-store", default=None,
                         help="a transcoder's target store, row-aligned with --store (default: the run's own)")
     parser.add_argument("--split", default="eval", choices=("eval", "train", "all"),
