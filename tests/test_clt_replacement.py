@@ -125,6 +125,11 @@ def test_decoder_mass_equals_a_numpy_formula():
     assert out["decoder_share_beyond"][-1] == 0  # the last layer writes only to itself
     assert out["decoder_share_beyond_overall"] == pytest.approx((total - same).sum() / total.sum(), rel=1e-12)
     assert not out["effectively_per_layer_transcoders"]
+    L = len(W)  # equal mass per block: (L − l − 1)/(L − l); overall Σ(L − l − 1)/Σ(L − l) = (L − 1)/(L + 1)
+    uniform = decoder_mass(clt.replace(W_dec=tuple(np.ones_like(w) for w in W)))
+    np.testing.assert_allclose(uniform["decoder_share_beyond"], uniform["decoder_share_beyond_uniform"], rtol=1e-12)
+    assert uniform["decoder_share_beyond_overall"] == pytest.approx(uniform["decoder_share_beyond_uniform_overall"])
+    assert uniform["decoder_share_beyond_uniform_overall"] == pytest.approx((L - 1) / (L + 1))
     diagonal = [np.concatenate([w[:, :1], 1e-3 * w[:, 1:]], axis=1) for w in W]
     flat = decoder_mass(clt.replace(W_dec=tuple(diagonal)))
     assert flat["decoder_share_beyond_overall"] < 1e-5 and flat["effectively_per_layer_transcoders"]
@@ -138,7 +143,7 @@ def test_heldout_fvu_and_l0_equal_the_clt_forward(arch):
     rng = np.random.default_rng(2)
     x = rng.normal(0, 1.5, (300, N_LAYERS, D_MODEL)).astype(np.float32)
     y = (rng.normal(0, 1, (300, N_LAYERS, D_MODEL)) + 3).astype(np.float32)
-    got = heldout_metrics(clt, cfg, [(x[:128], y[:128]), (x[128:], y[128:])])
+    got = heldout_metrics(clt, cfg, [(x[:150], y[:150]), (x[150:], y[150:])])  # one shape: one compile
     out = forward(clt, jnp.asarray(x), cfg, train=False)
     for layer in range(N_LAYERS):
         a = encode_layer(clt, jnp.asarray(x[:, layer]), layer, cfg)

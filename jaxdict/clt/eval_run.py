@@ -109,16 +109,20 @@ def format_clt_table(result: dict[str, Any], title: str = "") -> str:
             v = result[key]
             lines.append(f"{key:<30} {v:>12.5g}  {note}" if isinstance(v, float) else f"{key:<30} {v:>12,}  {note}")
     lines.append("")
-    lines.append(f"{'layer':>5}  {'fvu':>9}  {'l0':>8}  {'mass beyond':>11}")
-    for layer, (fvu, l0, share) in enumerate(zip(result["fvu_per_layer"], result["l0_per_layer"],
-                                                 result["decoder_share_beyond"])):
-        lines.append(f"{layer:>5}  {fvu:>9.4f}  {l0:>8.2f}  {share:>11.4f}")
+    lines.append(f"{'layer':>5}  {'fvu':>9}  {'l0':>8}  {'mass beyond':>11}  {'if uniform':>10}")
+    for layer, (fvu, l0, share, uniform) in enumerate(zip(
+            result["fvu_per_layer"], result["l0_per_layer"], result["decoder_share_beyond"],
+            result["decoder_share_beyond_uniform"])):
+        lines.append(f"{layer:>5}  {fvu:>9.4f}  {l0:>8.2f}  {share:>11.4f}  {uniform:>10.4f}")
+    lines.append("(mass beyond: share of layer l's Σ‖W_dec‖² written to l' > l, raw units; if uniform: the share "
+                 "with equal mass in each of its L − l blocks, as at initialisation)")
     share = result["decoder_share_beyond_overall"]
     if result["effectively_per_layer_transcoders"]:
         lines.append(f"\nonly {share:.2%} of the decoder mass lies beyond l' = l (< {PER_LAYER_SHARE:.0%}): "
                      "this CLT is effectively per-layer transcoders")
     else:
-        lines.append(f"\n{share:.2%} of the decoder mass lies beyond l' = l: the cross-layer decoders carry weight")
+        lines.append(f"\n{share:.2%} of the decoder mass lies beyond l' = l (equal mass per block would put "
+                     f"{result['decoder_share_beyond_uniform_overall']:.2%} there): the cross-layer decoders carry weight")
     return "\n".join(lines)
 
 
