@@ -115,7 +115,7 @@ def format_clt_table(result: dict[str, Any], title: str = "") -> str:
             result["decoder_share_beyond_uniform"])):
         lines.append(f"{layer:>5}  {fvu:>9.4f}  {l0:>8.2f}  {share:>11.4f}  {uniform:>10.4f}")
     lines.append("(mass beyond: share of layer l's Σ‖W_dec‖² written to l' > l, raw units; if uniform: the share "
-                 "with equal mass in each of its L − l blocks, as at initialisation)")
+                 "with equal mass in each of its L − l blocks, which the random initialisation has in trained units)")
     share = result["decoder_share_beyond_overall"]
     if result["effectively_per_layer_transcoders"]:
         lines.append(f"\nonly {share:.2%} of the decoder mass lies beyond l' = l (< {PER_LAYER_SHARE:.0%}): "
