@@ -63,7 +63,7 @@ def test_cli_plans_a_clt_config_file(tmp_path, capsys):
     assert main(["plan", "--topology", "v5e:2x2", "--config", f"{cfg_file}:tiny", "--mesh", "2x2"]) == 0
     out = capsys.readouterr().out
     for needle in ("CLT batchtopk k=4", f"{L} layers, d_model {D}", "per-device memory", "optimiser state",
-                   "temporaries", "collectives", "h per 1B tokens", "host(s) reads"):
+                   "temporaries", "collectives", "(jaxdict.clt.bench.step_flops)", "h per 1B tokens", "host(s) reads"):
         assert needle in out, needle
 
 

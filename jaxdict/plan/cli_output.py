@@ -84,7 +84,8 @@ def print_train_plan(cfg: RunConfig, topo: Topology, sweep: int | None, args: An
         out(f"FLOPs per device per step: compiled {plan.cost.flops:.3e}; HBM bytes (cost analysis) "
             f"{plan.cost.bytes_accessed / 1e9:.3f} GB")
         for lines in (report.collective_lines(plan.cost), report.sort_lines(plan.cost, topo.chip),
-                      report.roofline_lines(plan.roofline, model_flops(cfg), n),
+                      report.roofline_lines(plan.roofline, model_flops(cfg), n, "DESIGN.md §7" if cfg.clt is None
+                                            else "jaxdict.clt.bench.step_flops"),
                       report.input_lines(plan.roofline, topo, _row_width(cfg), args.store_dtype,
                                          args.loader_gbps * 1e9 if args.loader_gbps else None),
                       topk_option_lines(plan)):

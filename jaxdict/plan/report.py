@@ -62,13 +62,14 @@ def sort_lines(cost: ProgramCost, chip: Chip) -> list[str]:
     return out
 
 
-def roofline_lines(r: Roofline, flops_model: float | None = None, n_devices: int = 1) -> list[str]:
+def roofline_lines(r: Roofline, flops_model: float | None = None, n_devices: int = 1,
+                   flops_source: str = "DESIGN.md §7") -> list[str]:
     out = [f"roofline per step: compute {1e3 * r.compute_s:.3f} ms, HBM {1e3 * r.memory_s:.3f} ms "
            f"(of which sort/top-k {1e3 * r.sort_s:.3f} ms), ICI {1e3 * r.ici_s:.3f} ms, DCN {1e3 * r.dcn_s:.3f} ms",
            f"  step ≈ {1e3 * r.step_s:.3f} ms ({r.bound}-bound) → {r.tokens_per_s:,.0f} tokens/s, "
            f"{r.hours_per_billion_tokens:.3f} h per 1B tokens"]
     if flops_model:
-        out.insert(0, f"FLOPs per device per step: model {flops_model / n_devices:.3e} (DESIGN.md §7)")
+        out.insert(0, f"FLOPs per device per step: model {flops_model / n_devices:.3e} ({flops_source})")
     return out
 
 
