@@ -84,16 +84,9 @@ def replacement_metrics(lm, params: CLTParams, cfg: CLTConfig, windows: Sequence
                         batch_size: int = 2, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """delta_ce, ce_recovered and kl of the replacement model without and with error terms, the
     zero-ablation baseline, and the largest |logit| difference with error terms (the plumbing check)."""
-    from jaxdict.evaluate.spliced import pad_windows, token_losses
+    from jaxdict.evaluate.spliced import check_windows, pad_windows, token_losses
 
-    if not windows:
-        raise ValueError("no text windows to run the replacement model on")
-    bos = lm.tokenizer.bos_id
-    for w in windows:
-        if not w or w[0] != bos:
-            raise ValueError(f"every window must start with BOS ({bos}); got one starting {list(w[:3])}")
-        if len(w) > lm.config.max_context:
-            raise ValueError(f"window of {len(w)} tokens exceeds the context length {lm.config.max_context}")
+    check_windows(lm, windows)
     if lm.config.d_model != cfg.d_model:
         raise ValueError(f"the CLT has d_model {cfg.d_model} but the language model {lm.config.d_model}")
     params = jax.tree.map(jnp.asarray, params)

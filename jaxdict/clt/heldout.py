@@ -7,7 +7,6 @@ the same in trained and raw units, since a layer's scale multiplies both.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import jax
@@ -20,10 +19,9 @@ from jaxdict.clt.forward import forward
 from jaxdict.clt.step import split_rows
 from jaxdict.clt.train_state import CLTTrainState
 from jaxdict.clt.train_step import _loss_with, row_scales
-from jaxdict.data import ActivationLoader
 from jaxdict.sae.axes import DATA
-from jaxdict.sae.config import ConfigError
 from jaxdict.sae.metric_sums import add_sums
+from jaxdict.train.heldout import heldout_loader
 
 
 def _batch_sums(state: CLTTrainState, batch: jax.Array, shift: jax.Array, *, cfg: CLTConfig, mesh: Mesh):
@@ -43,17 +41,7 @@ class CLTHeldoutEval:
     def __init__(self, source: Any, cfg: CLTConfig, mesh: Mesh, batch_size: int, max_rows: int, slab_rows: int,
                  state_shardings: Any, sweep_size: int | None = None):
         self.cfg, self.mesh, self.sweep_size = cfg, mesh, sweep_size
-        n_proc = jax.process_count()
-        unit = math.lcm(mesh.shape[DATA], n_proc)
-        batch_size = min(batch_size, source.n_rows // unit * unit)
-        if batch_size < 1:
-            raise ConfigError(f"the held-out split has {source.n_rows} rows, fewer than the {unit} needed "
-                              "to evaluate on this mesh; raise data.eval_fraction")
-        self.batch_size = batch_size
-        slab = max(1, min(slab_rows, source.n_rows // max(n_proc, 1)))
-        self.loader = ActivationLoader(source, batch_size, mesh, seed=0, num_epochs=1, slab_rows=slab,
-                                       shuffle_buffer_rows=slab)
-        self.n_batches = max(1, min(self.loader.num_batches, max_rows // batch_size))
+        self.loader, self.batch_size, self.n_batches = heldout_loader(source, mesh, batch_size, max_rows, slab_rows)
         fn = functools.partial(_batch_sums, cfg=cfg, mesh=mesh)
         if sweep_size is not None:
             fn = jax.vmap(fn, in_axes=(0, None, 0))

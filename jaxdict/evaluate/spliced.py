@@ -85,6 +85,19 @@ def pad_windows(windows: Sequence[Sequence[int]], pad_id: int, quantum: int = 32
     return ids, mask
 
 
+def check_windows(lm, windows: Sequence[Sequence[int]]) -> None:
+    """Text windows the spliced metrics can run: at least one, each starting with BOS (left alone by
+    every edit) and no longer than the model's context."""
+    if not windows:
+        raise ValueError("no text windows to evaluate on")
+    bos = lm.tokenizer.bos_id
+    for w in windows:
+        if not w or w[0] != bos:
+            raise ValueError(f"every window must start with BOS ({bos}); got one starting {list(w[:3])}")
+        if len(w) > lm.config.max_context:
+            raise ValueError(f"window of {len(w)} tokens exceeds the context length {lm.config.max_context}")
+
+
 def compare_edits(lm, hook: str, windows: Sequence[Sequence[int]], edits: Mapping[str, MaskedEdit],
                   batch_size: int = 2, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Mean next-token CE of the clean LM and of each edit at `hook`, and each edit's mean KL.
@@ -92,16 +105,9 @@ def compare_edits(lm, hook: str, windows: Sequence[Sequence[int]], edits: Mappin
     Returns {"ce_clean", "n_loss_tokens", "n_kl_tokens", "<name>": {"ce", "kl"}}. Windows must
     start with BOS; edits act on real non-BOS positions only.
     """
-    if not windows:
-        raise ValueError("no text windows to evaluate on")
+    check_windows(lm, windows)
     if not edits:
         raise ValueError("compare_edits needs at least one edit to compare with the clean model")
-    bos = lm.tokenizer.bos_id
-    for w in windows:
-        if not w or w[0] != bos:
-            raise ValueError(f"every window must start with BOS ({bos}); got one starting {list(w[:3])}")
-        if len(w) > lm.config.max_context:
-            raise ValueError(f"window of {len(w)} tokens exceeds the context length {lm.config.max_context}")
     sums = {name: [0.0, 0.0] for name in edits}
     ce_clean_sum = 0.0
     n_loss = n_kl = 0

@@ -38,6 +38,25 @@ def _batch_sums(state: TrainState, x: jax.Array, shift: jax.Array, *, cfg: SAECo
     return sums
 
 
+def heldout_loader(source: Any, mesh: Mesh, batch_size: int, max_rows: int,
+                   slab_rows: int) -> tuple[ActivationLoader, int, int]:
+    """One pass over the held-out split: (loader, batch size, number of batches to evaluate).
+
+    A split smaller than a training batch is evaluated in one smaller batch (a multiple of the data
+    axis and of the process count, as the loader needs); slabs shrink so that each process still
+    gets at least one."""
+    n_proc = jax.process_count()
+    unit = math.lcm(mesh.shape[DATA], n_proc)
+    batch_size = min(batch_size, source.n_rows // unit * unit)
+    if batch_size < 1:
+        raise ConfigError(f"the held-out split has {source.n_rows} rows, fewer than the {unit} needed "
+                          "to evaluate on this mesh; raise data.eval_fraction")
+    slab = max(1, min(slab_rows, source.n_rows // max(n_proc, 1)))
+    loader = ActivationLoader(source, batch_size, mesh, seed=0, num_epochs=1, slab_rows=slab,
+                              shuffle_buffer_rows=slab)
+    return loader, batch_size, max(1, min(loader.num_batches, max_rows // batch_size))
+
+
 class HeldoutEval:
     """Evaluates a (possibly stacked, `sweep_size`) state on up to `max_rows` held-out rows."""
 
@@ -45,20 +64,7 @@ class HeldoutEval:
                  slab_rows: int, state_shardings: Any, sweep_size: int | None = None):
         self.source, self.cfg, self.mesh = source, sae_cfg, mesh
         self.sweep_size = sweep_size
-        n_proc = jax.process_count()
-        # A held-out split smaller than a training batch is evaluated in one smaller batch (a
-        # multiple of the data axis and of the process count, as the loader needs).
-        unit = math.lcm(mesh.shape[DATA], n_proc)
-        batch_size = min(batch_size, source.n_rows // unit * unit)
-        if batch_size < 1:
-            raise ConfigError(f"the held-out split has {source.n_rows} rows, fewer than the {unit} needed "
-                              "to evaluate on this mesh; raise data.eval_fraction")
-        self.batch_size = batch_size
-        # Small eval splits: shrink slabs so each process still gets at least one.
-        slab = max(1, min(slab_rows, source.n_rows // max(n_proc, 1)))
-        self.loader = ActivationLoader(source, batch_size, mesh, seed=0, num_epochs=1, slab_rows=slab,
-                                       shuffle_buffer_rows=slab)
-        self.n_batches = max(1, min(self.loader.num_batches, max_rows // batch_size))
+        self.loader, self.batch_size, self.n_batches = heldout_loader(source, mesh, batch_size, max_rows, slab_rows)
         fn = functools.partial(_batch_sums, cfg=sae_cfg, mesh=mesh)
         if sweep_size is not None:
             fn = jax.vmap(fn, in_axes=(0, None, 0))
