@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval-tokens", type=int, default=65536)
     p.add_argument("--results", default=None, help="JSON lines file the rows are appended to")
     args = p.parse_args(argv)
-    from quality_table import jaxdict
+    from quality_table import append_row, jaxdict
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,9 +84,7 @@ def main(argv=None) -> int:
         record = {"row": row, "arch": "saelens_topk", "target_l0": int(k), "run": str(run), "tokens": tokens,
                   "tokens_per_s": tokens / train["wall_time_s"], "l1_tries": None, "eval": ev,
                   "command": f"python experiments/quality_saelens.py --store {args.store} --out {out} --rows {row}"}
-        with open(results, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"{row}: l0 {ev.get('l0')} fvu {ev.get('fvu')} delta_ce {ev.get('delta_ce')}", flush=True)
+        append_row(results, record)
     return 0
 
 

@@ -96,6 +96,14 @@ def relu_l1_search(out: Path, target: int, store: str, eval_tokens: int, max_tri
     return best[2], [(t[0], t[1]) for t in sorted(points)]
 
 
+def append_row(results: Path, record: dict) -> None:
+    """Append one table row to the results file (JSON lines) and print its headline numbers."""
+    with open(results, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    ev = record["eval"]
+    print(f"{record['row']}: l0 {ev.get('l0')} fvu {ev.get('fvu')} delta_ce {ev.get('delta_ce')}", flush=True)
+
+
 def median_logged_rate(run: Path) -> float | None:
     """Median of the training log's tokens/s (one value per logging interval): unlike tokens / wall
     time it is not moved by a pause or a slow start; None when the run logs no rate (SAELens)."""
@@ -170,9 +178,7 @@ def main(argv=None) -> int:
         record = {"row": row, "arch": arch, "target_l0": target_l0, "run": str(run), "tokens": tokens,
                   "tokens_per_s": tokens / result["wall_time_s"], "l1_tries": tries, "eval": ev,
                   "command": command_of(run, args.store, sets)}
-        with open(results, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"{row}: l0 {ev.get('l0')} fvu {ev.get('fvu')} delta_ce {ev.get('delta_ce')}", flush=True)
+        append_row(results, record)
     return 0
 
 
