@@ -80,6 +80,8 @@ def export_clt_circuit_tracer(out_dir: str | Path, params: CLTParams, cfg: CLTCo
         enc = {f"W_enc_{layer}": p.W_enc[layer].T, f"b_enc_{layer}": p.b_enc[layer],
                f"b_dec_{layer}": p.b_dec[layer], f"threshold_{layer}": p.threshold[layer]}
         dec = p.W_dec[layer]
+        if dec.shape[1] < L - layer:  # a capped decoder_span: circuit-tracer's layout has every l' ≥ l
+            dec = np.concatenate([dec, np.zeros((dec.shape[0], L - layer - dec.shape[1], dec.shape[2]))], axis=1)
         save_file({k: np.ascontiguousarray(v, np.float32) for k, v in enc.items()}, str(out / f"W_enc_{layer}.safetensors"))
         save_file({f"W_dec_{layer}": np.ascontiguousarray(dec, np.float32)}, str(out / f"W_dec_{layer}.safetensors"))
     lines = [f"model_kind: {json.dumps('cross_layer_transcoder')}", f"model_name: {json.dumps(model_name)}",

@@ -35,6 +35,9 @@ class CLTConfig:
     start; the defaults are jaxdict's isotropic-input values (jaxdict.sae.jumprelu_recipe: ε = 0.1·σ_z
     with σ_z = 1 for unit encoder rows on E‖x‖² = d inputs, θ₀ = ε).
     decode: "sparse" (TopK only: gathers the k active rows of every decoder) or "dense".
+    decoder_span S: how many output layers each feature writes to, l … min(l + S, L) − 1; None = all
+    l' ≥ l (a CLT). S = 1 gives per-layer transcoders reading resid_mid.l, trained by the same code on
+    the same rows: the baseline Ameisen et al. 2025 compare CLTs against ("per-layer transcoders").
     """
 
     n_layers: int
@@ -50,6 +53,7 @@ class CLTConfig:
     threshold_ema_decay: float = 0.99
     decode: str = "dense"
     target_l0: float | None = None
+    decoder_span: int | None = None
 
     def __post_init__(self):
         for name in ("n_layers", "d_model", "n_features"):
@@ -80,11 +84,20 @@ class CLTConfig:
             raise CLTConfigError(f"threshold_ema_decay must be in [0, 1), got {self.threshold_ema_decay!r}")
         if self.decode not in ("dense", "sparse"):
             raise CLTConfigError(f"decode {self.decode!r}; valid: dense, sparse")
+        if self.decoder_span is not None and not (isinstance(self.decoder_span, int)
+                                                  and 1 <= self.decoder_span <= self.n_layers):
+            raise CLTConfigError(f"decoder_span must be an int in [1, n_layers={self.n_layers}] or None (all later "
+                                 f"layers), got {self.decoder_span!r}")
         if self.decode == "sparse" and self.arch != "topk":
             raise CLTConfigError(f"decode='sparse' is implemented for arch 'topk' only (got {self.arch!r}): "
                                  "BatchTopK's per-token count varies, use decode='dense'")
 
+    def span(self, layer: int) -> int:
+        """Output layers of source layer `layer`'s decoder: L − l, capped at decoder_span."""
+        return min(self.n_layers - layer, self.decoder_span or self.n_layers)
+
     @property
     def n_decoder_blocks(self) -> int:
-        """Σ_l (L − l) = L(L+1)/2 blocks of F × d (171 for Gemma 3 270M's 18 layers)."""
-        return self.n_layers * (self.n_layers + 1) // 2
+        """Σ_l span(l) blocks of F × d: L(L+1)/2 for a full CLT (171 for Gemma 3 270M's 18 layers), L for
+        per-layer transcoders (decoder_span 1)."""
+        return sum(self.span(layer) for layer in range(self.n_layers))

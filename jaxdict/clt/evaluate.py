@@ -34,14 +34,15 @@ def decoder_mass(params: CLTParams) -> dict[str, Any]:
     total = same + beyond
     share = np.divide(beyond, total, out=np.zeros_like(total), where=total > 0)
     overall = float(beyond.sum() / total.sum()) if total.sum() > 0 else float("nan")
-    # The share a decoder with equal mass in each of its L − l blocks would have, e.g. the random
-    # unit-norm initialisation in trained units (jaxdict.clt.params.init_params): (L − l − 1)/(L − l).
-    L = len(W)
-    uniform = np.array([(L - l - 1) / (L - l) for l in range(L)])
+    # The share a decoder with equal mass in each of its span(l) blocks would have, e.g. the random
+    # unit-norm initialisation in trained units (jaxdict.clt.params.init_params): (span − 1)/span,
+    # span = L − l for a full CLT.
+    spans = np.array([b.shape[1] for b in W], np.float64)
+    uniform = (spans - 1) / spans
     return {"decoder_mass_same": same.tolist(), "decoder_mass_beyond": beyond.tolist(),
             "decoder_share_beyond": share.tolist(), "decoder_share_beyond_overall": overall,
             "decoder_share_beyond_uniform": uniform.tolist(),
-            "decoder_share_beyond_uniform_overall": float((L - 1) / (L + 1)),
+            "decoder_share_beyond_uniform_overall": float(np.sum(spans - 1) / np.sum(spans)),
             "effectively_per_layer_transcoders": bool(overall < PER_LAYER_SHARE)}
 
 

@@ -51,7 +51,7 @@ def dense_decode(params: CLTParams, a: Float[Array, "B L F"]) -> Float[Array, "B
     y = jnp.broadcast_to(params.b_dec[None], (B, L, params.b_dec.shape[1]))
     for layer, block in enumerate(params.W_dec):
         part = jnp.einsum("bf,fmd->bmd", a[:, layer], block)
-        y = y.at[:, layer:].add(part)
+        y = y.at[:, layer:layer + block.shape[1]].add(part)
     return y
 
 
@@ -67,9 +67,10 @@ def _topk_sparse(params: CLTParams, x, z, cfg: CLTConfig, mesh):
         _, idx = sharded_ops.global_topk(z_l, cfg.k, mesh)
         vals = jax.nn.relu(sharded_ops.sharded_gather_preacts(
             x[:, layer], params.W_enc[layer], params.b_enc[layer], idx, z_l, mesh))
-        table = block.reshape(block.shape[0], -1)  # [F, (L − l)·d], rows still split over model
-        part = sharded_ops.sharded_sparse_decode(vals, idx, table, mesh).reshape(B, L - layer, d)
-        y = y.at[:, layer:].add(part)
+        table = block.reshape(block.shape[0], -1)  # [F, span·d], rows still split over model
+        span = block.shape[1]
+        part = sharded_ops.sharded_sparse_decode(vals, idx, table, mesh).reshape(B, span, d)
+        y = y.at[:, layer:layer + span].add(part)
         l0.append(jnp.mean(jnp.sum(vals > 0, axis=-1, dtype=jnp.float32)))
     return y, jnp.stack(l0)
 

@@ -28,7 +28,8 @@ from jaxdict.sae.axes import MODEL
 
 @struct.dataclass
 class CLTParams:
-    """W_enc [L, d, F], b_enc [L, F], W_dec (L arrays [F, L − l, d]), b_dec [L, d] (one bias per
+    """W_enc [L, d, F], b_enc [L, F], W_dec (L arrays [F, span(l), d]; span L − l unless the config's
+    decoder_span caps it), b_dec [L, d] (one bias per
     output layer), threshold [L, F] (JumpReLU's learned θ; BatchTopK's inference threshold, an
     EMA, not trained) or None (TopK)."""
 
@@ -55,10 +56,10 @@ def init_params(cfg: CLTConfig, key: jax.Array) -> CLTParams:
     flat = jax.random.normal(dec_key, (F, cfg.n_decoder_blocks * d), jnp.float32)
     W_dec, start = [], 0
     for layer in range(L):
-        width = (L - layer) * d
+        width = cfg.span(layer) * d
         block = flat[:, start:start + width]
         start += width
-        W_dec.append((block / jnp.linalg.norm(block, axis=1, keepdims=True)).reshape(F, L - layer, d))
+        W_dec.append((block / jnp.linalg.norm(block, axis=1, keepdims=True)).reshape(F, cfg.span(layer), d))
     threshold = None
     if cfg.arch == "jumprelu":
         threshold = jnp.full((L, F), cfg.init_threshold, jnp.float32)

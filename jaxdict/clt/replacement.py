@@ -44,7 +44,7 @@ def encode_layer(params: CLTParams, x: jax.Array, layer: int, cfg: CLTConfig) ->
 
 
 def decode_layer(params: CLTParams, a: jax.Array, layer: int) -> jax.Array:
-    """[..., L − layer, d]: the features a [..., F] of `layer` written to mlp_out.layer … mlp_out.L−1."""
+    """[..., span, d]: the features a [..., F] of `layer` written to mlp_out.layer … mlp_out.(layer + span − 1)."""
     return jnp.einsum("...f,fmd->...md", a, params.W_dec[layer])
 
 
@@ -54,7 +54,7 @@ def reconstruct(params: CLTParams, resid_mid: jax.Array, cfg: CLTConfig) -> jax.
     out = [jnp.zeros(resid_mid.shape[1:], jnp.float32) for _ in range(L)]
     for layer in range(L):  # the order of run_replaced's sums, so that its error terms cancel exactly
         part = decode_layer(params, encode_layer(params, resid_mid[layer], layer, cfg), layer)
-        for m in range(L - layer):
+        for m in range(part.shape[-2]):
             out[layer + m] = out[layer + m] + part[..., m, :]
     return jnp.stack([out[l] + params.b_dec[l] for l in range(L)])
 
@@ -68,7 +68,7 @@ def _tap_for(layer, mode, clt, cfg, where, errors, pending, record):
             record["resid_mid"].append(value)
             if mode == "replace":
                 part = decode_layer(clt, encode_layer(clt, value, layer, cfg), layer)
-                for m in range(cfg.n_layers - layer):
+                for m in range(part.shape[-2]):
                     pending[layer + m] = pending[layer + m] + part[..., m, :]
         elif kind == "mlp_out":
             if mode == "replace":

@@ -42,7 +42,8 @@ def fold_scales(params: CLTParams, s_in, s_out) -> CLTParams:
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), jax.device_get(params))
     s_in, s_out = np.asarray(s_in, np.float64), np.asarray(s_out, np.float64)
     return CLTParams(W_enc=p.W_enc * s_in[:, None, None], b_enc=p.b_enc,
-                     W_dec=tuple(block / s_out[layer:][None, :, None] for layer, block in enumerate(p.W_dec)),
+                     W_dec=tuple(block / s_out[layer:layer + block.shape[1]][None, :, None]
+                                 for layer, block in enumerate(p.W_dec)),
                      b_dec=p.b_dec / s_out[:, None], threshold=p.threshold)
 
 
