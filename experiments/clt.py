@@ -8,6 +8,7 @@
 
 gemma: Gemma 3 270M, all 18 layers, d_model 640, 1,024 features per layer (issue 17's 1–4k), BatchTopK
 (fast, exported to circuit-tracer as JumpReLU at its learned threshold) with k = 32 per layer.
+gemma_topk / gemma_plt: the CLT of issue 17's report and its per-layer-transcoder baseline (below).
 tiny: planted cross-layer data (jaxdict.clt.planted), 3 layers, for a CPU smoke run.
 """
 from __future__ import annotations
@@ -38,4 +39,14 @@ TINY = RunConfig(
     run=RunSettings(name="clt_tiny", log_every=25, checkpoint_every=50),
 )
 
-CONFIGS = {"gemma": GEMMA, "tiny": TINY}
+# Issue 17 item 6, sized for a 2-core CPU: one pass over a 262,144-token harvest of the 36 hooks
+# (95 % train rows, 240 steps of 1,024), TopK k = 32 per layer with the sparse decode, 1,024 features
+# per layer; lr 1e-3 with a 20-step warm-up (a short run). gemma_plt is the same run with each
+# feature writing only to its own layer (decoder_span 1): per-layer transcoders on resid_mid.l of the
+# same total width (18 × 1,024), trained by the same code on the same rows.
+GEMMA_TOPK = derive(GEMMA, "gemma_clt_topk", clt__arch="topk", clt__decode="sparse", clt__k=32,
+                    optim__lr=1e-3, optim__total_steps=240, optim__lr_warmup_steps=20, data__batch_size=1024,
+                    run__log_every=10, run__checkpoint_every=40)
+GEMMA_PLT = derive(GEMMA_TOPK, "gemma_plt_topk", clt__decoder_span=1)
+
+CONFIGS = {"gemma": GEMMA, "gemma_topk": GEMMA_TOPK, "gemma_plt": GEMMA_PLT, "tiny": TINY}

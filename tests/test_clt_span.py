@@ -44,7 +44,7 @@ def test_blocks_and_shapes_follow_the_span():
     for span, blocks in ((None, 10), (4, 10), (2, 7), (1, 4)):
         cfg = _cfg(span)
         assert cfg.n_decoder_blocks == blocks
-        shapes = [w.shape for w in jax.eval_shape(init_params, cfg, jax.random.PRNGKey(0)).W_dec]
+        shapes = [w.shape for w in jax.eval_shape(lambda key: init_params(cfg, key), jax.random.PRNGKey(0)).W_dec]
         assert shapes == [(F, min(L - layer, span or L), D) for layer in range(L)]
 
 
