@@ -152,6 +152,9 @@ def test_heldout_fvu_and_l0_equal_the_clt_forward(arch):
     var = np.sum(np.square(y - y.mean(axis=0)), axis=(0, 2))
     np.testing.assert_allclose(got["fvu_per_layer"], np.sum(res ** 2, axis=(0, 2)) / var, rtol=1e-4)
     np.testing.assert_allclose(got["l0_per_layer"], np.asarray(out.l0), rtol=1e-6)
+    fired = np.sum(np.asarray(out.latents) > 0, axis=0)  # [L, F]
+    np.testing.assert_array_equal(got["dead_frac_per_layer"], np.mean(fired == 0, axis=1))
+    np.testing.assert_array_equal(got["dense_frac_per_layer"], np.mean(fired / 300 > 0.1, axis=1))
     assert got["n_tokens"] == 300 and 0 < got["l0"] <= F
 
 

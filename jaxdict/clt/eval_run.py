@@ -86,6 +86,8 @@ def evaluate_clt(run_dir: str, *, step: int | None = None, store: str | None = N
 SCALARS = {
     "fvu": "mean over output layers of the per-layer fvu of mlp_out.l'",
     "l0": "mean over source layers of active features per token",
+    "dead_frac": "mean over layers of the share of features that never fired on these rows",
+    "dense_frac": "mean over layers of the share firing on > 10 % of rows",
     "n_tokens": "held-out activation rows",
     "decoder_share_beyond_overall": "Σ‖W_dec[l→l'>l]‖² / Σ‖W_dec[l→l'≥l]‖² (raw units)",
     "delta_ce": "CE of the pure replacement (no error terms) − clean CE",
@@ -109,15 +111,17 @@ def format_clt_table(result: dict[str, Any], title: str = "") -> str:
             v = result[key]
             lines.append(f"{key:<30} {v:>12.5g}  {note}" if isinstance(v, float) else f"{key:<30} {v:>12,}  {note}")
     lines.append("")
-    lines.append(f"{'layer':>5}  {'fvu':>9}  {'l0':>8}  {'mass beyond':>11}  {'if uniform':>10}")
-    for layer, (fvu, l0, share, uniform) in enumerate(zip(
-            result["fvu_per_layer"], result["l0_per_layer"], result["decoder_share_beyond"],
-            result["decoder_share_beyond_uniform"])):
-        lines.append(f"{layer:>5}  {fvu:>9.4f}  {l0:>8.2f}  {share:>11.4f}  {uniform:>10.4f}")
+    lines.append(f"{'layer':>5}  {'fvu':>9}  {'l0':>8}  {'dead':>6}  {'mass beyond':>11}  {'if uniform':>10}")
+    for layer, (fvu, l0, dead, share, uniform) in enumerate(zip(
+            result["fvu_per_layer"], result["l0_per_layer"], result["dead_frac_per_layer"],
+            result["decoder_share_beyond"], result["decoder_share_beyond_uniform"])):
+        lines.append(f"{layer:>5}  {fvu:>9.4f}  {l0:>8.2f}  {dead:>6.3f}  {share:>11.4f}  {uniform:>10.4f}")
     lines.append("(mass beyond: share of layer l's Σ‖W_dec‖² written to l' > l, raw units; if uniform: the share "
-                 "with equal mass in each of its L − l blocks, which the random initialisation has in trained units)")
+                 "with equal mass in each of its output blocks, which the random initialisation has in trained units)")
     share = result["decoder_share_beyond_overall"]
-    if result["effectively_per_layer_transcoders"]:
+    if result["decoder_share_beyond_uniform_overall"] == 0.0:
+        lines.append("\nper-layer transcoders (decoder_span 1): every feature writes to its own layer only")
+    elif result["effectively_per_layer_transcoders"]:
         lines.append(f"\nonly {share:.2%} of the decoder mass lies beyond l' = l (< {PER_LAYER_SHARE:.0%}): "
                      "this CLT is effectively per-layer transcoders")
     else:

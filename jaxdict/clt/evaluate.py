@@ -19,6 +19,7 @@ import numpy as np
 from jaxdict.clt.config import CLTConfig
 from jaxdict.clt.params import CLTParams
 from jaxdict.clt.replacement import clean_errors, encode_layer, reconstruct, run_replaced
+from jaxdict.sae.metric_sums import DENSE_FIRING_RATE
 
 # Below this share of decoder mass beyond l' = l the CLT is reported as effectively per-layer
 # transcoders: our own cut-off (a twentieth), not a number from the literature.
@@ -50,11 +51,11 @@ def decoder_mass(params: CLTParams) -> dict[str, Any]:
 def _batch_sums(params: CLTParams, x, y, shift, *, cfg: CLTConfig):
     xs = jnp.moveaxis(x, 1, 0)  # [L, n, d]
     y_hat = jnp.moveaxis(reconstruct(params, xs, cfg), 0, 1)
-    l0 = jnp.stack([jnp.sum(encode_layer(params, xs[l], l, cfg) > 0, dtype=jnp.float32)
-                    for l in range(cfg.n_layers)])
+    fired = jnp.stack([jnp.sum(encode_layer(params, xs[l], l, cfg) > 0, axis=0, dtype=jnp.float32)
+                       for l in range(cfg.n_layers)])  # [L, F]: rows on which each feature fired
     centred = y - shift[None]
     return {"res_sq": jnp.sum(jnp.square(y - y_hat), axis=(0, 2)), "y_sum": jnp.sum(centred, axis=0),
-            "y_sq": jnp.sum(jnp.square(centred), axis=(0, 2)), "l0_sum": l0}
+            "y_sq": jnp.sum(jnp.square(centred), axis=(0, 2)), "fired": fired}
 
 
 def heldout_metrics(params: CLTParams, cfg: CLTConfig, batches, progress: Callable[[int], None] | None = None
@@ -76,9 +77,15 @@ def heldout_metrics(params: CLTParams, cfg: CLTConfig, batches, progress: Callab
         raise ValueError("no held-out rows to evaluate the CLT on")
     variance = totals["y_sq"] - np.sum(np.square(totals["y_sum"]), axis=-1) / n
     fvu = totals["res_sq"] / np.maximum(variance, 1e-30)
-    l0 = totals["l0_sum"] / n
+    l0 = totals["fired"].sum(axis=1) / n
+    # dead: never fired on these rows; dense: fired on more than DENSE_FIRING_RATE of them (the SAE
+    # evaluator's definitions, jaxdict.sae.metric_sums), per source layer.
+    dead = np.mean(totals["fired"] == 0, axis=1)
+    dense = np.mean(totals["fired"] / n > DENSE_FIRING_RATE, axis=1)
     return {"fvu": float(np.mean(fvu)), "l0": float(np.mean(l0)), "n_tokens": n,
-            "fvu_per_layer": fvu.tolist(), "l0_per_layer": l0.tolist()}
+            "dead_frac": float(np.mean(dead)), "dense_frac": float(np.mean(dense)),
+            "fvu_per_layer": fvu.tolist(), "l0_per_layer": l0.tolist(),
+            "dead_frac_per_layer": dead.tolist(), "dense_frac_per_layer": dense.tolist()}
 
 
 def replacement_metrics(lm, params: CLTParams, cfg: CLTConfig, windows: Sequence[Sequence[int]],
