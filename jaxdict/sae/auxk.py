@@ -26,7 +26,7 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxdict.sae import sharded_ops
+from jaxdict.sae import row_topk, sharded_ops
 from jaxdict.sae.config import SAEConfig
 from jaxdict.sae.sharded_ops import DATA, MODEL
 
@@ -99,16 +99,28 @@ def gather_slots(table: Array, ids: Int[Array, " C"], axis: int, mesh: Mesh | No
 def selection_mask(z_slots: Float[Array, "B C"], valid: Bool[Array, " C"], k_aux: int,
                    mesh: Mesh | None) -> Bool[Array, "B C"]:
     """Which slots are among each row's k_aux largest valid pre-activations (ties: lower slot, i.e.
-    lower feature id). With k_aux ≥ C every valid slot is."""
+    lower feature id), the set lax.top_k over the valid slots picks. With k_aux ≥ C every valid slot
+    is. A counting search for each row's k_aux-th largest value (sae/row_topk.py) instead of
+    lax.top_k, which XLA:CPU runs as a single-threaded partial sort 4–5× slower."""
     n_slots = z_slots.shape[1]
     if k_aux >= n_slots:
         return jnp.broadcast_to(valid[None, :], z_slots.shape)
+    m = model_size(mesh)
+    rows_per_device = z_slots.shape[0] // (1 if mesh is None else mesh.shape[DATA])
+    if m == 1 or rows_per_device % m == 0:
+        return row_topk.topk_mask(z_slots, valid, k_aux, mesh, m)
+    return _selection_mask_by_top_k(z_slots, valid, k_aux, mesh)
+
+
+def _selection_mask_by_top_k(z_slots, valid, k_aux, mesh):
+    """lax.top_k per model shard and over the gathered candidates (sharded_ops.global_topk), for
+    row counts the all-to-all of row_topk cannot split evenly over `model`."""
     masked = jnp.where(valid[None, :], lax.stop_gradient(z_slots), -jnp.inf)
     _, positions = sharded_ops.global_topk(masked, k_aux, mesh)
 
     def mark(pos, valid_block):
         n_local = valid_block.shape[0]
-        offset = 0 if mesh is None or model_size(mesh) == 1 else lax.axis_index(MODEL) * n_local
+        offset = lax.axis_index(MODEL) * n_local
         rows = jnp.arange(pos.shape[0])[:, None]
         local = pos - offset
         # Positions on other shards become n_local, out of range, which mode="drop" ignores
@@ -118,8 +130,6 @@ def selection_mask(z_slots: Float[Array, "B C"], valid: Bool[Array, " C"], k_aux
         # Rows with fewer than k_aux valid slots pick padded (-inf) ones too: drop them.
         return mask & valid_block[None, :]
 
-    if model_size(mesh) == 1:
-        return mark(positions, valid)
     return jax.shard_map(mark, mesh=mesh, in_specs=(P(DATA, None), P(MODEL)), out_specs=P(DATA, MODEL))(
         positions, valid
     )
@@ -135,13 +145,16 @@ def slot_preacts(x: Float[Array, "B d"], W_enc: Float[Array, "d C"], bias: Float
 
 
 def _slot_preacts_fwd(x, W_enc, bias, z_slots):
-    return z_slots, (x, W_enc)
+    # W_enc's dtype only, as a scalar: keeping the gathered [d, C] weights as a residual would make
+    # every other branch of AuxK's buffer switch fill one of its size with zeros on each step.
+    return z_slots, (x, jnp.zeros((), W_enc.dtype))
 
 
 def _slot_preacts_bwd(residuals, g):
-    x, W_enc = residuals
-    d_W = jnp.dot(x.T.astype(W_enc.dtype), g.astype(W_enc.dtype), preferred_element_type=jnp.float32)
-    return None, d_W.astype(W_enc.dtype), jnp.sum(g, axis=0), None
+    x, dtype_of_w = residuals
+    dt = dtype_of_w.dtype
+    d_W = jnp.dot(x.T.astype(dt), g.astype(dt), preferred_element_type=jnp.float32)
+    return None, d_W.astype(dt), jnp.sum(g, axis=0), None
 
 
 slot_preacts.defvjp(_slot_preacts_fwd, _slot_preacts_bwd)
