@@ -19,7 +19,7 @@ from jaxdict.train.driver import train
 from jaxdict.train.optim import OptimConfig
 from saved_state import saved_state
 
-XLA_TEST_FLAGS = "--xla_force_host_platform_device_count=8 --xla_cpu_enable_concurrency_optimized_scheduler=false"
+from conftest import XLA_TEST_FLAGS  # the children compile as this process does
 
 
 def child_env():
