@@ -2,6 +2,8 @@
 the sharded step equal to the single-device step on 1×1, 8×1, 1×8 and 2×4."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -128,9 +130,16 @@ def test_penalty_gradient_uses_concatenated_decoder_norm():
 OPTIMIZER = optax.adam(1e-2, eps=1e-4)
 
 
+@functools.lru_cache(maxsize=None)
+def shared_trainer(cfg: CLTConfig, mesh_shape: tuple[int, int]) -> CLTTrainer:
+    """One trainer per (config, mesh shape) in this process, so a test that steps a configuration
+    again reuses its traced and compiled step (a fresh trainer is a fresh jit: traced, lowered and
+    fetched from the compilation cache again)."""
+    return CLTTrainer(cfg, OPTIMIZER, make_mesh(*mesh_shape, devices=jax.devices()[: mesh_shape[0] * mesh_shape[1]]))
+
+
 def run_steps(cfg, mesh_shape, data):
-    mesh = make_mesh(*mesh_shape, devices=jax.devices()[: mesh_shape[0] * mesh_shape[1]])
-    trainer = CLTTrainer(cfg, OPTIMIZER, mesh)
+    trainer = shared_trainer(cfg, mesh_shape)
     params, opt_state = trainer.init(seed=3)
     history = []
     for batch in data:
