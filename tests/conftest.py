@@ -9,12 +9,12 @@ import os
 # the rendezvous and the process aborts after 40 s. Sequential scheduling avoids that.
 #
 # --xla_backend_optimization_level=0: LLVM compiles the kernels without optimisation. The suite's
-# programs are tiny and run a few steps, so its time is XLA compiles (~90 % of the sharded-step
-# tests); this cuts each compile by ~30 % (a TopK step 12 s -> 8 s on 2 cores, BENCHMARKS.md
-# "Test-suite time"). It changes neither the HLO passes (sharding, fusion, collectives) nor the
-# arithmetic: without fast-math LLVM keeps IEEE semantics at any level. Subprocesses that the tests
-# start inherit these flags (the CLI runs; test_checkpoint_faults compares its children bitwise
-# with runs in this process).
+# programs are tiny and run a few steps, so its time is XLA compiles (~85 % of a sharded-step
+# test); this cuts each compile by about a third (a BatchTopK step 17 s -> 11 s on 2 cores;
+# BENCHMARKS.md "Test-suite time"). It changes neither the HLO passes (sharding, fusion,
+# collectives) nor the arithmetic: without fast-math LLVM keeps IEEE semantics at any level.
+# Subprocesses that the tests start inherit these flags (test_checkpoint_faults compares its
+# children bitwise with runs in this process).
 XLA_TEST_FLAGS = ("--xla_force_host_platform_device_count=8 --xla_cpu_enable_concurrency_optimized_scheduler=false"
                   " --xla_backend_optimization_level=0")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + XLA_TEST_FLAGS).strip()
