@@ -11,10 +11,11 @@ import os
 # --xla_backend_optimization_level=0: LLVM compiles the kernels without optimisation. The suite's
 # programs are tiny and run a few steps, so its time is XLA compiles (~85 % of a sharded-step
 # test); this cuts each compile by about a third (a BatchTopK step 17 s -> 11 s on 2 cores;
-# BENCHMARKS.md "Test-suite time"). It changes neither the HLO passes (sharding, fusion,
-# collectives) nor the arithmetic: without fast-math LLVM keeps IEEE semantics at any level.
-# Subprocesses that the tests start inherit these flags (test_checkpoint_faults compares its
-# children bitwise with runs in this process).
+# BENCHMARKS.md "Test-suite time"). It leaves the HLO passes (sharding, fusion, collectives) alone
+# and keeps IEEE semantics (no fast-math), but it does round differently from the optimised build
+# (FMA contraction, vectorised reduction order): Gemma activations of magnitude ~70 differed by up
+# to 3e-3 between a child harvest without it and this process with it. So subprocesses whose results
+# are compared with this process's must inherit these flags (test_checkpoint_faults, test_harvest).
 XLA_TEST_FLAGS = ("--xla_force_host_platform_device_count=8 --xla_cpu_enable_concurrency_optimized_scheduler=false"
                   " --xla_backend_optimization_level=0")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + XLA_TEST_FLAGS).strip()
