@@ -17,10 +17,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jaxdict.clt.eval_run import _batches, open_clt_stores  # noqa: E402
+from jaxdict.clt.eval_run import heldout_batches, heldout_stores  # noqa: E402
 from jaxdict.clt.evaluate import heldout_metrics  # noqa: E402
 from jaxdict.clt.run import load_clt_run  # noqa: E402
-from jaxdict.evaluate import heldout  # noqa: E402
 
 
 def diagonal_only(params):
@@ -35,11 +34,10 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=8192, help="held-out rows (default 8192, as the report's eval)")
     args = p.parse_args(argv)
     run = load_clt_run(args.run)
-    cfg, data = run.cfg, run.config.get("data") or {}
-    stores = open_clt_stores(data["store"], cfg.n_layers, cfg.d_model)
-    ranges = heldout.split_ranges(stores[0], "eval", float(data.get("eval_fraction") or 0.01), max_rows=args.tokens)
-    full = heldout_metrics(run.params, cfg, _batches(stores, ranges, cfg.n_layers))
-    cut = heldout_metrics(diagonal_only(run.params), cfg, _batches(stores, ranges, cfg.n_layers))
+    cfg = run.cfg
+    _, _, stores, ranges = heldout_stores(run, tokens=args.tokens)
+    full = heldout_metrics(run.params, cfg, heldout_batches(stores, ranges, cfg.n_layers))
+    cut = heldout_metrics(diagonal_only(run.params), cfg, heldout_batches(stores, ranges, cfg.n_layers))
     print(json.dumps({"step": run.step, "n_tokens": full["n_tokens"], "fvu": full["fvu"], "fvu_diagonal_only": cut["fvu"],
                       "fvu_per_layer": full["fvu_per_layer"], "fvu_diagonal_only_per_layer": cut["fvu_per_layer"]}))
     return 0

@@ -20,10 +20,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jaxdict.lm  # noqa: E402
-from jaxdict.clt.eval_run import open_clt_stores  # noqa: E402
+from jaxdict.clt.eval_run import heldout_stores, heldout_text_windows  # noqa: E402
 from jaxdict.clt.replacement import clean_errors, encode_layer, run_replaced  # noqa: E402
 from jaxdict.clt.run import load_clt_run  # noqa: E402
-from jaxdict.evaluate import heldout  # noqa: E402
 from jaxdict.evaluate.spliced import pad_windows  # noqa: E402
 
 
@@ -33,14 +32,10 @@ def main(argv=None) -> int:
     p.add_argument("--text-tokens", type=int, default=2048)
     args = p.parse_args(argv)
     run = load_clt_run(args.run)
-    cfg, data = run.cfg, run.config.get("data") or {}
-    stores = open_clt_stores(data["store"], cfg.n_layers, cfg.d_model)
+    cfg = run.cfg
+    _, fraction, stores, _ = heldout_stores(run)
     lm = jaxdict.lm.load(run.model)
-    fraction = float(data.get("eval_fraction") or 0.01)
-    rows = heldout.split_ranges(stores[0], "eval", fraction, max_rows=args.text_tokens * 4)
-    m = heldout.read_meta_ranges(stores[0], rows)
-    windows = heldout.windows_from_rows(m["token_ids"], m["doc_ids"], m["positions"], lm.tokenizer.bos_id,
-                                        args.text_tokens)
+    windows = heldout_text_windows(stores[0], "eval", fraction, args.text_tokens, lm.tokenizer.bos_id)
     params = jax.tree.map(jnp.asarray, run.params)
     for b in range(0, len(windows), 2):  # batch 2, as jaxdict eval's replacement pass
         ids, mask = pad_windows(windows[b:b + 2], lm.tokenizer.pad_id)

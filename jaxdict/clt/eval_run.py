@@ -31,7 +31,8 @@ def open_clt_stores(root: str | Path, n_layers: int, d_model: int) -> list:
     return stores
 
 
-def _batches(stores: list, ranges, n_layers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def heldout_batches(stores: list, ranges, n_layers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(x [n, L, d] resid_mid, y [n, L, d] mlp_out) raw rows of `ranges`, STORE_BATCH_ROWS at a time."""
     for a, b in ranges:
         for s in range(a, b, STORE_BATCH_ROWS):
             e = min(b, s + STORE_BATCH_ROWS)
@@ -45,17 +46,14 @@ def _bar(total: int, desc: str, progress: bool):
     return tqdm(total=total, unit="tok", unit_scale=True, desc=desc, disable=not progress)
 
 
-def evaluate_clt(run_dir: str, *, step: int | None = None, store: str | None = None, split: str = "eval",
-                 eval_fraction: float | None = None, tokens: int = 200_000, text_tokens: int = 2048,
-                 model: str | None = None, batch_size: int = 2, progress: bool = True) -> dict[str, Any]:
-    import jaxdict.lm
-
-    run = load_clt_run(run_dir, step)
-    cfg = run.cfg
-    data = run.config.get("data") or {}
+def heldout_stores(run, *, store: str | None = None, split: str = "eval", eval_fraction: float | None = None,
+                   tokens: int = 200_000) -> tuple[str, float, list, list]:
+    """(store root, eval fraction, the 2L stores, row ranges of `split`) for a loaded CLT run: its own
+    data.store and data.eval_fraction unless overridden, at most `tokens` rows."""
+    cfg, data = run.cfg, run.config.get("data") or {}
     root = store or data.get("store")
     if not root:
-        raise ValueError(f"CLT run {run_dir} records no data.store; pass --store ROOT (the folder of its "
+        raise ValueError(f"CLT run records no data.store; pass --store ROOT (the folder of its "
                          f"resid_mid.L / mlp_out.L stores)")
     fraction = float(eval_fraction if eval_fraction is not None else data.get("eval_fraction") or 0.01)
     stores = open_clt_stores(root, cfg.n_layers, cfg.d_model)
@@ -63,19 +61,39 @@ def evaluate_clt(run_dir: str, *, step: int | None = None, store: str | None = N
     if not ranges:
         raise ValueError(f"stores under {root} have no rows in split {split!r} with eval_fraction={fraction}; "
                          "try --split all or a larger --eval-fraction")
+    return root, fraction, stores, ranges
+
+
+def heldout_text_windows(store, split: str, fraction: float, text_tokens: int, bos_id: int) -> list:
+    """Token windows (BOS first) of about `text_tokens` held-out tokens, rebuilt from the store's
+    token ids, for the replacement model."""
+    rows = heldout.split_ranges(store, split, fraction, max_rows=max(text_tokens * 4, text_tokens + 4096))
+    m = heldout.read_meta_ranges(store, rows)
+    return heldout.windows_from_rows(m["token_ids"], m["doc_ids"], m["positions"], bos_id, text_tokens)
+
+
+def evaluate_clt(run_dir: str, *, step: int | None = None, store: str | None = None, split: str = "eval",
+                 eval_fraction: float | None = None, tokens: int = 200_000, text_tokens: int = 2048,
+                 model: str | None = None, batch_size: int = 2, progress: bool = True) -> dict[str, Any]:
+    import jaxdict.lm
+
+    run = load_clt_run(run_dir, step)
+    cfg = run.cfg
+    try:
+        root, fraction, stores, ranges = heldout_stores(run, store=store, split=split, eval_fraction=eval_fraction,
+                                                        tokens=tokens)
+    except ValueError as e:
+        raise ValueError(f"{run_dir}: {e}") from e
     result: dict[str, Any] = {"run": str(run_dir), "step": run.step, "model": run.model, "arch": cfg.arch,
                               "n_layers": cfg.n_layers, "n_features": cfg.n_features, "store": str(root),
                               "split": split, "eval_fraction": fraction}
     bar = _bar(sum(b - a for a, b in ranges), "activations", progress)
-    result.update(heldout_metrics(run.params, cfg, _batches(stores, ranges, cfg.n_layers), bar.update))
+    result.update(heldout_metrics(run.params, cfg, heldout_batches(stores, ranges, cfg.n_layers), bar.update))
     bar.close()
     result.update(decoder_mass(run.params))
     if text_tokens > 0:
         lm = jaxdict.lm.load(model or run.model or stores[0].metadata.get("model"))
-        rows = heldout.split_ranges(stores[0], split, fraction, max_rows=max(text_tokens * 4, text_tokens + 4096))
-        m = heldout.read_meta_ranges(stores[0], rows)
-        windows = heldout.windows_from_rows(m["token_ids"], m["doc_ids"], m["positions"], lm.tokenizer.bos_id,
-                                            text_tokens)
+        windows = heldout_text_windows(stores[0], split, fraction, text_tokens, lm.tokenizer.bos_id)
         bar = _bar(sum(len(w) for w in windows), "replacement LM", progress)
         result.update(replacement_metrics(lm, run.params, cfg, windows, batch_size, bar.update))
         bar.close()
