@@ -7,6 +7,8 @@ auxk.py from git, loaded as a second module and patched into sae/losses.py while
     XLA_FLAGS=--xla_force_host_platform_device_count=8 nice -n 5 python experiments/auxk_side_by_side.py \\
         --before /tmp/auxk_before.py --mesh 1x1,2x4 --rounds 7 --fresh
 
+`--through-switch` adds the current AuxK with its gradient taken through the buffer switch (what the
+train step did before auxk.add_aux_k_gradient), with and without dead latents.
 `--extra-size 832` adds a variant of the current version whose buffer sizes include 832 (what a
 buffer sized closer to the 819 dead latents would cost; the default sizes are powers of two).
 """
@@ -41,6 +43,42 @@ def with_extra_size(size: int):
     return module
 
 
+def without_switch(size: int):
+    """The current version with one buffer of `size` slots run directly, not through lax.switch
+    (assumes something is dead): what the switch costs under autodiff."""
+    module = load_copy(auxk_now.__file__, "auxk_no_switch")
+    module.dead_buffer_sizes = lambda cfg, mesh=None: (size,)
+
+    class DirectSwitch:
+        def __getattr__(self, name):
+            return getattr(jax.lax, name)
+
+        @staticmethod
+        def switch(index, branches, operand):
+            return branches[-1](operand)
+
+    module.lax = DirectSwitch()
+    return module
+
+
+def through_switch(module=None):
+    """`module`'s AuxK (default: the current one) with its gradient taken by differentiating
+    through the buffer switch, as the train step did before auxk.add_aux_k_gradient; also lets an
+    older auxk.py without add_aux_k_gradient run in today's step."""
+    module = module or load_copy(auxk_now.__file__, "auxk_through_switch")
+
+    def add_aux_k_gradient(grads, params, x, residual, dead, step, n_dead_max, cfg, mesh, pre_acts, weight):
+        def weighted(p):
+            loss, counts = module.aux_k_loss(p, x, residual, dead, step, n_dead_max, cfg, mesh, pre_acts=pre_acts)
+            return weight * loss, (loss, counts)
+
+        (_, (loss, counts)), aux_grads = jax.value_and_grad(weighted, has_aux=True)(params)
+        return jax.tree.map(lambda a, b: a + b, grads, aux_grads), loss, counts
+
+    module.add_aux_k_gradient = add_aux_k_gradient
+    return module
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--before", help="path of the older auxk.py (omit: only the current version)")
@@ -50,18 +88,29 @@ def main() -> None:
     ap.add_argument("--dead-frac", type=float, default=0.05)
     ap.add_argument("--fresh", action="store_true", help="also the current version with nothing dead")
     ap.add_argument("--extra-size", type=int, default=0)
+    ap.add_argument("--through-switch", action="store_true",
+                    help="also the current AuxK differentiated through its buffer switch (the step before 2026-11-30's change)")
+    ap.add_argument("--no-switch", type=int, default=0,
+                    help="also the current version with one buffer of this many slots and no lax.switch")
     args = ap.parse_args()
     cfg = SAEConfig(arch="topk", d_in=640, n_features=16384, k=args.k, decode="sparse")
     specs = [("no-AuxK", dataclasses.replace(cfg, aux_coeff=0.0), args.dead_frac, auxk_now)]
     if args.before:
-        specs.append(("AuxK before", cfg, args.dead_frac, load_copy(args.before, "auxk_before")))
+        specs.append(("AuxK before", cfg, args.dead_frac, through_switch(load_copy(args.before, "auxk_before"))))
     specs.append(("AuxK after", cfg, args.dead_frac, auxk_now))
     if args.fresh:
         specs.append(("fresh after", cfg, 0.0, auxk_now))
     if args.extra_size:
         specs.append((f"AuxK after C{args.extra_size}", cfg, args.dead_frac, with_extra_size(args.extra_size)))
+    if args.through_switch:
+        specs.append(("AuxK through switch", cfg, args.dead_frac, through_switch()))
+        specs.append(("fresh through switch", cfg, 0.0, through_switch()))
+    if args.no_switch:
+        specs.append((f"AuxK after C{args.no_switch} no switch", cfg, args.dead_frac, without_switch(args.no_switch)))
     names = [s[0] for s in specs]
     pairs = [(n, "no-AuxK") for n in names[1:]] + [(n, "AuxK after") for n in names if n.startswith("AuxK after C")]
+    if args.through_switch:
+        pairs.append(("AuxK after", "AuxK through switch"))
     if args.before:
         pairs.append(("AuxK after", "AuxK before"))
     result = {"jax": jax.__version__, "k": args.k, "dead_frac": args.dead_frac, "rounds": args.rounds,

@@ -62,19 +62,41 @@ def buffered_loss(params, x, residual, dead, cfg, mesh=None, step=0, read_preact
     return loss
 
 
+def added_loss_and_grads(params, x, residual, dead, cfg, mesh=None, step=0, read_preacts=False):
+    """What the train step runs: auxk.add_aux_k_gradient onto gradients of 1 (so an added gradient
+    that is wrong anywhere shows), with weight 1; returns the loss and the added part."""
+    pre_acts = None
+    if read_preacts:
+        pre_acts = x @ params.W_enc + (params.b_enc - params.b_dec @ params.W_enc)
+        if mesh is not None:
+            pre_acts = jax.lax.with_sharding_constraint(pre_acts, NamedSharding(mesh, spec("batch", "features")))
+    ones = jax.tree.map(jnp.ones_like, params)
+    grads, loss, _ = auxk.add_aux_k_gradient(ones, params, x, residual, dead, jnp.int32(step),
+                                             jnp.sum(dead, dtype=jnp.int32), cfg, mesh, pre_acts, jnp.float32(1.0))
+    return loss, jax.tree.map(lambda g: g - 1.0, grads)
+
+
 # Jitted once per module: tests that share a config (and mesh) reuse the compiled program, the
 # dead set being a traced argument.
 reference_vg = jax.jit(jax.value_and_grad(reference_loss), static_argnums=(4,))
 buffered_vg = jax.jit(jax.value_and_grad(buffered_loss), static_argnums=(4, 5, 6, 7))
+added_vg = jax.jit(added_loss_and_grads, static_argnums=(4, 5, 6, 7))
+
+
+def assert_grads_close(got_g, want_g):
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        np.testing.assert_allclose(getattr(got_g, name), getattr(want_g, name), rtol=1e-4, atol=1e-6,
+                                   err_msg=name)
 
 
 def assert_same_loss_and_grads(cfg, params, x, residual, dead, read_preacts=False):
     want, want_g = reference_vg(params, x, residual, dead, cfg)
     got, got_g = buffered_vg(params, x, residual, dead, cfg, None, 0, read_preacts)
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-        np.testing.assert_allclose(getattr(got_g, name), getattr(want_g, name), rtol=1e-4, atol=1e-6,
-                                   err_msg=name)
+    assert_grads_close(got_g, want_g)
+    added, added_g = added_vg(params, x, residual, dead, cfg, None, 0, read_preacts)
+    np.testing.assert_allclose(added, want, rtol=1e-5)
+    assert_grads_close(added_g, want_g)
     return got_g
 
 
@@ -158,9 +180,42 @@ def test_sharded_equals_unsharded(mesh_shape, n_dead):
     got, got_g = buffered_vg(p_sh, jax.device_put(x, batch_sharding(mesh)), jax.device_put(residual, batch_sharding(mesh)),
                     jax.device_put(dead, NamedSharding(mesh, spec("features"))), cfg, mesh, 1, True)
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-        np.testing.assert_allclose(getattr(got_g, name), getattr(want_g, name), rtol=1e-4, atol=1e-6,
-                                   err_msg=name)
+    assert_grads_close(got_g, want_g)
+    sharded_args = (p_sh, jax.device_put(x, batch_sharding(mesh)), jax.device_put(residual, batch_sharding(mesh)),
+                    jax.device_put(dead, NamedSharding(mesh, spec("features"))), cfg, mesh, 1, True)
+    added, added_g = added_vg(*sharded_args)
+    np.testing.assert_allclose(added, want, rtol=1e-5)
+    assert_grads_close(added_g, want_g)
+
+
+@pytest.mark.parametrize("arch,mesh_shape", [("topk", (1, 1)), ("topk", (2, 4)), ("batchtopk", (2, 4))])
+def test_step_gradient_equals_value_and_grad_of_the_loss(arch, mesh_shape):
+    """sae_loss_and_grads (AuxK's gradient added inside its buffer switch) equals jax.value_and_grad
+    of sae_loss (differentiated through the switch), on a sparse step with dead latents."""
+    from jaxdict.sae.losses import sae_loss, sae_loss_and_grads
+
+    cfg = SAEConfig(arch=arch, d_in=D_IN, n_features=N_FEATURES, k=4, decode="sparse", aux_k=K_AUX,
+                    aux_capacity=32)
+    params = make_case(seed=13)[1]
+    n = mesh_shape[0] * mesh_shape[1]
+    mesh = make_mesh(*mesh_shape, devices=jax.devices()[:n])
+    params = jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(cfg),
+                                                 is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)))
+    x = jax.device_put(jax.random.normal(jax.random.PRNGKey(14), (BATCH, D_IN)) * 2.0, batch_sharding(mesh))
+    for n_dead in (0, 9, 40):
+        dead = jnp.zeros(N_FEATURES, bool).at[jax.random.permutation(jax.random.PRNGKey(n_dead), N_FEATURES)[:n_dead]].set(True)
+        dead = jax.device_put(dead, NamedSharding(mesh, spec("features")))
+        kw = dict(sparsity_coeff=jnp.float32(0.0), dead=dead, step=jnp.int32(1))
+        (want, (_, want_parts)), want_g = jax.jit(
+            lambda p, x, kw: jax.value_and_grad(sae_loss, has_aux=True)(p, x, cfg, mesh, **kw))(params, x, kw)
+        (got, (_, got_parts)), got_g = jax.jit(lambda p, x, kw: sae_loss_and_grads(p, x, cfg, mesh, **kw))(params, x, kw)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        for key in ("aux_loss", "aux_dead_latents", "aux_grad_latents", "mse"):
+            np.testing.assert_allclose(got_parts[key], want_parts[key], rtol=1e-6, err_msg=key)
+        assert (float(got_parts["aux_loss"]) > 0) == (n_dead > 0)
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            np.testing.assert_allclose(getattr(got_g, name), getattr(want_g, name), rtol=1e-5, atol=1e-7,
+                                       err_msg=f"{name}, {n_dead} dead")
 
 
 def test_sweep_axis_keeps_the_skip_and_equals_separate_runs(devices):

@@ -95,7 +95,7 @@ def test_bf16_compute_equals_autodiff():
 
 
 def run_steps(loss_fn, mesh_shape, data, monkeypatch, compute_dtype="float32", sweep_lambdas=None):
-    monkeypatch.setattr(step_module, "sae_loss", loss_fn)
+    monkeypatch.setattr(step_module, "sae_loss_and_grads", jax.value_and_grad(loss_fn, has_aux=True))
     cfg = SAEConfig(arch="relu_l1", d_in=D_IN, n_features=N_FEATURES, l1_coeff=1.0, compute_dtype=compute_dtype)
     mesh = make_mesh(*mesh_shape, devices=jax.devices()[: mesh_shape[0] * mesh_shape[1]])
     if sweep_lambdas is None:

@@ -19,6 +19,7 @@ not the d·F weights).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -160,6 +161,40 @@ def _slot_preacts_bwd(residuals, g):
 slot_preacts.defvjp(_slot_preacts_fwd, _slot_preacts_bwd)
 
 
+def _aux_k_at_capacity(capacity: int, params, x, residual, dead, step, cfg: SAEConfig, mesh: Mesh | None,
+                       pre_acts) -> tuple[Float[Array, ""], Int[Array, ""]]:
+    """AuxK with a buffer of `capacity` slots (something is dead): the normalised error and how many
+    of the buffer's dead latents were picked with a nonzero derivative."""
+    from jaxdict.sae.forward import constrain_sharding, uses_pre_encoder_bias
+
+    k_aux = cfg.effective_aux_k
+    cdt = jnp.dtype(cfg.compute_dtype)
+    ids, valid = select_dead(dead, capacity, step)
+    W_enc = gather_slots(params.W_enc, ids, 1, mesh)
+    W_dec = gather_slots(params.W_dec, ids, 0, mesh)
+    bias = gather_slots(params.b_enc, ids, 0, mesh)
+    if uses_pre_encoder_bias(cfg):
+        bias = bias - params.b_dec @ W_enc  # (x − b_dec) W + b, folded as in forward.py
+    if pre_acts is None:
+        z = jnp.dot(x.astype(cdt), W_enc.astype(cdt), preferred_element_type=jnp.float32) + bias
+    else:
+        z_slots = gather_slots(lax.stop_gradient(pre_acts), ids, 1, mesh, batch_rows=True)
+        z = slot_preacts(x.astype(jnp.float32), W_enc, bias, z_slots)
+    z = constrain_sharding(z, mesh, P(DATA, MODEL))
+    picked = selection_mask(z, valid, k_aux, mesh)
+    live = picked & (z > 0) if cfg.aux_relu else picked
+    f = jnp.where(live, z, jnp.zeros_like(z))
+    e_hat = jnp.dot(f.astype(cdt), W_dec.astype(cdt), preferred_element_type=jnp.float32)
+    err = jnp.sum(jnp.square(residual - e_hat))
+    baseline = jnp.sum(jnp.square(residual - jnp.mean(residual, axis=0, keepdims=True)))
+    reached = jnp.sum(jnp.any(live, axis=0) & valid, dtype=jnp.int32)
+    return err / jnp.maximum(baseline, 1e-12), reached
+
+
+def _counts(dead, reached) -> dict[str, Array]:
+    return {"aux_dead_latents": jnp.sum(dead, dtype=jnp.float32), "aux_grad_latents": reached.astype(jnp.float32)}
+
+
 def aux_k_loss(
     params, x: Float[Array, "B d"], residual: Float[Array, "B d"], dead: Bool[Array, " F"],
     step: Int[Array, ""], n_dead_max: Int[Array, ""], cfg: SAEConfig, mesh: Mesh | None,
@@ -174,43 +209,53 @@ def aux_k_loss(
     `n_dead_max` picks the buffer size (the largest dead count over a sweep axis, so that under
     vmap the lax.switch stays a switch: with nothing dead anywhere the step skips AuxK).
     `pre_acts`: the forward pass's z [B, F] (x W_enc + b_enc − b_dec W_enc), whose slots are read
-    instead of recomputed; None recomputes them."""
-    from jaxdict.sae.forward import constrain_sharding, uses_pre_encoder_bias
+    instead of recomputed; None recomputes them.
 
+    Differentiable; the train step takes its gradient with `add_aux_k_gradient` instead, which
+    keeps autodiff out of the buffer switch."""
     sizes = dead_buffer_sizes(cfg, mesh)
-    k_aux = cfg.effective_aux_k
-    cdt = jnp.dtype(cfg.compute_dtype)
-    n_dead = jnp.sum(dead, dtype=jnp.int32)
 
     def with_buffer(capacity):
-        def run(_):
-            ids, valid = select_dead(dead, capacity, step)
-            W_enc = gather_slots(params.W_enc, ids, 1, mesh)
-            W_dec = gather_slots(params.W_dec, ids, 0, mesh)
-            bias = gather_slots(params.b_enc, ids, 0, mesh)
-            if uses_pre_encoder_bias(cfg):
-                bias = bias - params.b_dec @ W_enc  # (x − b_dec) W + b, folded as in forward.py
-            if pre_acts is None:
-                z = jnp.dot(x.astype(cdt), W_enc.astype(cdt), preferred_element_type=jnp.float32) + bias
-            else:
-                z_slots = gather_slots(lax.stop_gradient(pre_acts), ids, 1, mesh, batch_rows=True)
-                z = slot_preacts(x.astype(jnp.float32), W_enc, bias, z_slots)
-            z = constrain_sharding(z, mesh, P(DATA, MODEL))
-            picked = selection_mask(z, valid, k_aux, mesh)
-            live = picked & (z > 0) if cfg.aux_relu else picked
-            f = jnp.where(live, z, jnp.zeros_like(z))
-            e_hat = jnp.dot(f.astype(cdt), W_dec.astype(cdt), preferred_element_type=jnp.float32)
-            err = jnp.sum(jnp.square(residual - e_hat))
-            baseline = jnp.sum(jnp.square(residual - jnp.mean(residual, axis=0, keepdims=True)))
-            reached = jnp.sum(jnp.any(live, axis=0) & valid, dtype=jnp.int32)
-            return err / jnp.maximum(baseline, 1e-12), reached
-
-        return run
+        return lambda _: _aux_k_at_capacity(capacity, params, x, residual, dead, step, cfg, mesh, pre_acts)
 
     def nothing_dead(_):
         return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
 
     branches = [nothing_dead] + [with_buffer(c) for c in sizes]
     loss, reached = lax.switch(bucket_index(n_dead_max, sizes), branches, None)
-    counts = {"aux_dead_latents": n_dead.astype(jnp.float32), "aux_grad_latents": reached.astype(jnp.float32)}
-    return loss, counts
+    return loss, _counts(dead, reached)
+
+
+def add_aux_k_gradient(
+    grads, params, x: Float[Array, "B d"], residual: Float[Array, "B d"], dead: Bool[Array, " F"],
+    step: Int[Array, ""], n_dead_max: Int[Array, ""], cfg: SAEConfig, mesh: Mesh | None,
+    pre_acts: Float[Array, "B F"] | None, weight: Float[Array, ""],
+) -> tuple[Any, Float[Array, ""], dict[str, Array]]:
+    """`grads` + ∂(weight · aux_k_loss)/∂params, aux_k_loss's value and counts: the same numbers as
+    differentiating `aux_k_loss`, with each branch of the buffer switch taking its own gradient.
+
+    Differentiated through, lax.switch makes every branch's forward return the residuals of all
+    branches (zero-filled for the others') and runs a transposed switch with full-size zero
+    cotangents: measured 12–14 % of a 2×4 sparse TopK step at d 640, F 16,384, B 4,096, with or
+    without dead latents (BENCHMARKS.md, "AuxK"). Here the switch is outside autodiff; the branch
+    with nothing dead hands `grads` through untouched, and XLA scatters each branch's slot
+    gradients onto `grads` (the gather's transpose fused with the add)."""
+    sizes = dead_buffer_sizes(cfg, mesh)
+
+    def with_buffer(capacity):
+        def run(g):
+            def weighted(p):
+                loss, reached = _aux_k_at_capacity(capacity, p, x, residual, dead, step, cfg, mesh, pre_acts)
+                return weight * loss, (loss, reached)
+
+            (_, (loss, reached)), aux_grads = jax.value_and_grad(weighted, has_aux=True)(params)
+            return jax.tree.map(jnp.add, g, aux_grads), loss, reached
+
+        return run
+
+    def nothing_dead(g):
+        return g, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
+
+    branches = [nothing_dead] + [with_buffer(c) for c in sizes]
+    grads, loss, reached = lax.switch(bucket_index(n_dead_max, sizes), branches, grads)
+    return grads, loss, _counts(dead, reached)

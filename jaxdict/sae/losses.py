@@ -62,6 +62,45 @@ def _reconstruction_loss(x, out: ForwardOutput, cfg: SAEConfig) -> tuple[Float[A
     return loss, parts
 
 
+def _loss_without_aux_k(params: SAEParams, x: Float[Array, "B d"], cfg: SAEConfig, mesh: Mesh | None,
+                        sparsity_coeff: Float[Array, ""]) -> tuple[Float[Array, ""], tuple[ForwardOutput, dict[str, Array]]]:
+    """Every term but AuxK: the reconstruction and the architecture's sparsity terms."""
+    x, target = split_batch(x, cfg)
+    if cfg.arch == "relu_l1":
+        return _relu_l1_loss(params, x, target, cfg, mesh, sparsity_coeff)
+    out = forward(params, x, cfg, mesh, train=True)
+    loss, parts = _reconstruction_loss(target, out, cfg)
+    if cfg.arch == "jumprelu":
+        norms = decoder_row_norms(params)
+        penalty = jumprelu_recipe.sparsity_penalty(out.pre_acts, out.latents, params.threshold, norms, cfg)
+        parts["sparsity_loss"] = penalty
+        loss = loss + sparsity_coeff * penalty
+        if cfg.pre_act_coeff > 0 and cfg.jumprelu_penalty == "l0_target":
+            parts["pre_act_loss"] = jumprelu_recipe.pre_act_loss(out.pre_acts, params.threshold, norms, cfg)
+            loss = loss + parts["pre_act_loss"]
+    return loss, (out, parts)
+
+
+def uses_aux_k(cfg: SAEConfig) -> bool:
+    """TopK and BatchTopK (Matryoshka included) carry AuxK; with aux_coeff = 0 it is reported as 0."""
+    return cfg.arch in ("topk", "batchtopk")
+
+
+def _aux_k_inputs(x, out: ForwardOutput, cfg: SAEConfig, dead, step, n_dead_max):
+    """AuxK's inputs from the batch and the forward pass: (encoder input, detached residual of the
+    target, step, buffer-sizing dead count, weight against the main term)."""
+    x, target = split_batch(x, cfg)
+    residual = jax.lax.stop_gradient(target.astype(jnp.float32) - out.x_hat)
+    n_dead = jnp.sum(dead, dtype=jnp.int32) if n_dead_max is None else n_dead_max
+    step = jnp.int32(0) if step is None else step
+    return x, residual, step, n_dead, cfg.aux_coeff * _data_variance(target)
+
+
+def _no_aux_k_parts(dead) -> dict[str, Array]:
+    zero = jnp.zeros((), jnp.float32)
+    return {"aux_loss": zero, "aux_dead_latents": jnp.sum(dead, dtype=jnp.float32), "aux_grad_latents": zero}
+
+
 def sae_loss(
     params: SAEParams,
     x: Float[Array, "B d"],
@@ -81,28 +120,45 @@ def sae_loss(
 
     For ReLU-L1 the returned ForwardOutput carries x_hat and fire_counts only (pre_acts, latents
     and l0 are None): its [B, F] arrays are never materialised apart from f inside the fused
-    encode/decode (jaxdict/sae/relu_l1.py); call `forward` for them."""
-    x, target = split_batch(x, cfg)
-    if cfg.arch == "relu_l1":
-        return _relu_l1_loss(params, x, target, cfg, mesh, sparsity_coeff)
-    out = forward(params, x, cfg, mesh, train=True)
-    loss, parts = _reconstruction_loss(target, out, cfg)
-    if cfg.arch == "jumprelu":
-        norms = decoder_row_norms(params)
-        penalty = jumprelu_recipe.sparsity_penalty(out.pre_acts, out.latents, params.threshold, norms, cfg)
-        parts["sparsity_loss"] = penalty
-        loss = loss + sparsity_coeff * penalty
-        if cfg.pre_act_coeff > 0 and cfg.jumprelu_penalty == "l0_target":
-            parts["pre_act_loss"] = jumprelu_recipe.pre_act_loss(out.pre_acts, params.threshold, norms, cfg)
-            loss = loss + parts["pre_act_loss"]
-    elif cfg.aux_coeff == 0:
-        zero = jnp.zeros((), jnp.float32)
-        parts.update(aux_loss=zero, aux_dead_latents=jnp.sum(dead, dtype=jnp.float32), aux_grad_latents=zero)
-    else:
-        residual = jax.lax.stop_gradient(target.astype(jnp.float32) - out.x_hat)
-        n_dead = jnp.sum(dead, dtype=jnp.int32) if n_dead_max is None else n_dead_max
-        aux, counts = auxk.aux_k_loss(params, x, residual, dead, jnp.int32(0) if step is None else step,
-                                      n_dead, cfg, mesh, pre_acts=out.pre_acts)
-        parts.update(counts, aux_loss=aux)
-        loss = loss + cfg.aux_coeff * aux * _data_variance(target)
-    return loss, (out, parts)
+    encode/decode (jaxdict/sae/relu_l1.py); call `forward` for them.
+
+    The train step uses `sae_loss_and_grads`, equal to value_and_grad of this."""
+    loss, (out, parts) = _loss_without_aux_k(params, x, cfg, mesh, sparsity_coeff)
+    if not uses_aux_k(cfg):
+        return loss, (out, parts)
+    if cfg.aux_coeff == 0:
+        parts.update(_no_aux_k_parts(dead))
+        return loss, (out, parts)
+    x_in, residual, step, n_dead, weight = _aux_k_inputs(x, out, cfg, dead, step, n_dead_max)
+    aux, counts = auxk.aux_k_loss(params, x_in, residual, dead, step, n_dead, cfg, mesh, pre_acts=out.pre_acts)
+    parts.update(counts, aux_loss=aux)
+    return loss + weight * aux, (out, parts)
+
+
+def sae_loss_and_grads(
+    params: SAEParams,
+    x: Float[Array, "B d"],
+    cfg: SAEConfig,
+    mesh: Mesh | None,
+    *,
+    sparsity_coeff: Float[Array, ""],
+    dead: Bool[Array, " F"],
+    step: Int[Array, ""] | None = None,
+    n_dead_max: Int[Array, ""] | None = None,
+) -> tuple[tuple[Float[Array, ""], tuple[ForwardOutput, dict[str, Array]]], SAEParams]:
+    """`jax.value_and_grad(sae_loss, has_aux=True)` with AuxK's gradient taken inside each branch of
+    its buffer switch (auxk.add_aux_k_gradient) rather than by differentiating through the switch.
+    AuxK reads only detached values of the forward pass (residual, pre-activations), so the two
+    gradients add."""
+    (loss, (out, parts)), grads = jax.value_and_grad(_loss_without_aux_k, has_aux=True)(
+        params, x, cfg, mesh, sparsity_coeff)
+    if not uses_aux_k(cfg):
+        return (loss, (out, parts)), grads
+    if cfg.aux_coeff == 0:
+        parts.update(_no_aux_k_parts(dead))
+        return (loss, (out, parts)), grads
+    x_in, residual, step, n_dead, weight = _aux_k_inputs(x, out, cfg, dead, step, n_dead_max)
+    grads, aux, counts = auxk.add_aux_k_gradient(grads, params, x_in, residual, dead, step, n_dead, cfg, mesh,
+                                                 out.pre_acts, weight)
+    parts.update(counts, aux_loss=aux)
+    return (loss + weight * aux, (out, parts)), grads

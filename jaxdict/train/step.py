@@ -14,7 +14,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxdict.sae.config import ConfigError, SAEConfig
-from jaxdict.sae.losses import sae_loss
+from jaxdict.sae.losses import sae_loss_and_grads
 from jaxdict.sae.params import SAEParams
 from jaxdict.sae.transcoder import column_scales
 from jaxdict.train import metrics as metric_defs
@@ -142,7 +142,7 @@ def train_step(
     sparsity = _sparsity_coeff(state, sae_cfg, optim_cfg)
     dead = state.tokens_since_fired >= sae_cfg.dead_tokens
 
-    (loss, (out, parts)), grads = jax.value_and_grad(sae_loss, has_aux=True)(
+    (loss, (out, parts)), grads = sae_loss_and_grads(
         params, x, sae_cfg, mesh, sparsity_coeff=sparsity, dead=dead, step=state.step,
         n_dead_max=n_dead_max,
     )
