@@ -95,6 +95,24 @@ def test_bench_command_writes_json(tmp_path):
     assert missing.stderr.strip() == f"jaxdict bench: error: no activation store at {tmp_path / 'none'} (missing store.json)"
 
 
+def test_bench_step_saelens_pairs_fresh_with_fresh_and_dead_with_dead(tmp_path):
+    """SAELens's step is timed fresh and, for TopK, with the same latents dead (its AuxK running),
+    and each ratio divides our step in the same state by it."""
+    pytest.importorskip("sae_lens")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxdict.cli", "bench", "step", "--d-in", "16", "--features", "64", "--batch-size",
+         "32", "--k", "4", "--archs", "relu_l1,topk", "--iters", "1", "--saelens", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [(r["arch"], r["dead_frac"]) for r in result["saelens"]] == [
+        ("relu_l1", 0.0), ("topk", 0.0), ("topk", pytest.approx(3 / 64))]
+    ratios = [line for line in proc.stdout.splitlines() if line.startswith("SAELens")]
+    assert len(ratios) == 3 and all("jaxdict/SAELens = " in line for line in ratios)
+    assert "fresh" in ratios[1] and "5% dead" in ratios[2]
+
+
 def test_bench_from_a_trained_run_on_store_rows(tmp_path, devices):
     """--from-run starts the run's architecture from its checkpoint at its input scale (the first
     step reconstructs as well as the run did), --store steps on real rows."""

@@ -20,7 +20,10 @@ def saelens_available() -> bool:
 
 
 def measure_saelens_step(arch: str, d_in: int, n_features: int, batch_size: int, k: int = 64,
-                         l1_coeff: float = 5.0, warmup: int = 2, iters: int = 5, seed: int = 0) -> dict[str, Any]:
+                         l1_coeff: float = 5.0, warmup: int = 2, iters: int = 5, seed: int = 0,
+                         dead_ids=None) -> dict[str, Any]:
+    """Median seconds of SAELens's train step. `dead_ids`: latents its dead-neuron mask marks dead
+    on every step, so its TopK's AuxK runs as in a run's steady state (bench/steady_state.py)."""
     import numpy as np
     import sae_lens
     import torch
@@ -40,6 +43,8 @@ def measure_saelens_step(arch: str, d_in: int, n_features: int, batch_size: int,
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
     x = torch.from_numpy(np.random.default_rng(seed).standard_normal((batch_size, d_in), dtype=np.float32))
     dead = torch.zeros(n_features, dtype=torch.bool)
+    if dead_ids is not None and len(dead_ids):
+        dead[torch.as_tensor(np.asarray(dead_ids), dtype=torch.long)] = True
     since_fired = torch.zeros(n_features)
 
     def one_step():
@@ -66,4 +71,5 @@ def measure_saelens_step(arch: str, d_in: int, n_features: int, batch_size: int,
         times.append(time.perf_counter() - start)
     median = float(np.median(times))
     return {"library": f"sae_lens {sae_lens.__version__}", "torch": torch.__version__, "arch": arch,
+            "dead_frac": float(dead.float().mean()),
             "threads": torch.get_num_threads(), "step_s_median": median, "tokens_per_s": batch_size / median}

@@ -135,7 +135,8 @@ def _bench_step(args: argparse.Namespace) -> int:
                             dead_frac=args.dead_frac)
     result["machine"] = cpu
     if args.saelens:
-        result["saelens"] = _saelens_steps(result["steps"], d_in, n_features, args.batch_size, k, args.iters)
+        result["saelens"] = _saelens_steps(result["steps"], d_in, n_features, args.batch_size, k, args.iters,
+                                           args.dead_frac)
     _write_json(args.json, result)
     return 0
 
@@ -172,20 +173,27 @@ def _store_batch(args: argparse.Namespace, d_in: int):
 
 
 def _saelens_steps(ours_rows: list[dict], d_in: int, n_features: int, batch_size: int, k: int,
-                   iters: int) -> list[dict]:
-    """SAELens's train step at the same shapes, printed beside our tokens/s."""
+                   iters: int, dead_frac: float) -> list[dict]:
+    """SAELens's train step at the same shapes, printed beside our tokens/s: fresh against our fresh
+    step, and (TopK) with the same latents dead against our step with them dead."""
     from jaxdict.bench.saelens import measure_saelens_step, saelens_available
+    from jaxdict.bench.steady_state import dead_ids
 
     if not saelens_available():
         raise ValueError("--saelens needs sae-lens and torch: pip install 'jaxdict[saelens]'")
     rows = []
-    ours = {(r["arch"], r["decode"]): r for r in ours_rows}
-    for arch, decode in (("relu_l1", "dense"), ("topk", "sparse")):
-        theirs = measure_saelens_step(arch, d_in, n_features, batch_size, k=k, iters=iters)
+    ours = {(r["arch"], r["decode"], r["dead_frac"]): r for r in ours_rows}
+    cases = [("relu_l1", "dense", 0.0), ("topk", "sparse", 0.0)]
+    if dead_frac > 0:
+        cases.append(("topk", "sparse", dead_frac))
+    for arch, decode, frac in cases:
+        theirs = measure_saelens_step(arch, d_in, n_features, batch_size, k=k, iters=iters,
+                                      dead_ids=dead_ids(n_features, frac))
         rows.append(theirs)
-        mine = ours.get((arch, decode))
+        mine = ours.get((arch, decode, frac))
         ratio = f"  jaxdict/SAELens = {mine['tokens_per_s'] / theirs['tokens_per_s']:.2f}x" if mine else ""
-        print(f"SAELens {arch:8s} {theirs['tokens_per_s']:9.0f} tok/s ({theirs['library']}, torch "
+        state = f"{100 * frac:g}% dead" if frac else "fresh"
+        print(f"SAELens {arch:8s} {state:8s} {theirs['tokens_per_s']:9.0f} tok/s ({theirs['library']}, torch "
               f"{theirs['torch']}, {theirs['threads']} threads){ratio}")
     return rows
 

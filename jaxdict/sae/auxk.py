@@ -2,9 +2,13 @@
 
 The dead latents' ids go into a small buffer of C slots (C ≥ their number, from a few fixed sizes;
 `dead_buffer_sizes`); their pre-activations z[:, buffer] and decoder rows are gathered, the top k_aux
-per token are picked among them and decoded with a [B, C] @ [C, d] matmul. Five B·C·d matmuls
-(encoder and decoder forward, three backward) instead of a top-k over all F columns of every row:
-at 5 % dead that is ~5·C/F of the encoder's B·d·F matmul.
+per token are picked among them and decoded with a [B, C] @ [C, d] matmul. Four B·C·d matmuls
+(the decode, three backward; the pre-activations are read from the forward pass) instead of a top-k
+over all F columns of every row: at 5 % dead that is ~4·C/F of the encoder's B·d·F matmul.
+
+The train step adds AuxK's gradient inside each branch of the buffer-size switch
+(`add_aux_k_gradient`): differentiating through a lax.switch costs every step the other branches'
+zero-filled residuals.
 
 Semantics, exactly: with n_dead ≤ C every dead latent is a candidate and the result equals the
 top-k_aux over all dead latents of each row (ties to the lower feature id, as `lax.top_k`). With
