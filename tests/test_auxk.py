@@ -49,30 +49,31 @@ def reference_loss(params, x, residual, dead, cfg):
     return err / jnp.sum(jnp.square(residual - jnp.mean(residual, axis=0, keepdims=True)))
 
 
+def forward_preacts(params, x, mesh, read_preacts):
+    """The forward pass's dense z when `read_preacts` (AuxK then reads its slots, as the train step
+    does), else None (AuxK recomputes them)."""
+    if not read_preacts:
+        return None
+    pre_acts = x @ params.W_enc + (params.b_enc - params.b_dec @ params.W_enc)
+    if mesh is not None:
+        pre_acts = jax.lax.with_sharding_constraint(pre_acts, NamedSharding(mesh, spec("batch", "features")))
+    return pre_acts
+
+
 def buffered_loss(params, x, residual, dead, cfg, mesh=None, step=0, read_preacts=False):
-    """AuxK through the buffer; `read_preacts` reads the slots from the forward pass's dense z (what
-    the train step does) instead of recomputing them."""
-    pre_acts = None
-    if read_preacts:
-        pre_acts = x @ params.W_enc + (params.b_enc - params.b_dec @ params.W_enc)
-        if mesh is not None:
-            pre_acts = jax.lax.with_sharding_constraint(pre_acts, NamedSharding(mesh, spec("batch", "features")))
+    """AuxK through the buffer, differentiable through its switch."""
     loss, _ = auxk.aux_k_loss(params, x, residual, dead, jnp.int32(step), jnp.sum(dead, dtype=jnp.int32),
-                              cfg, mesh, pre_acts=pre_acts)
+                              cfg, mesh, pre_acts=forward_preacts(params, x, mesh, read_preacts))
     return loss
 
 
 def added_loss_and_grads(params, x, residual, dead, cfg, mesh=None, step=0, read_preacts=False):
     """What the train step runs: auxk.add_aux_k_gradient onto gradients of 1 (so an added gradient
     that is wrong anywhere shows), with weight 1; returns the loss and the added part."""
-    pre_acts = None
-    if read_preacts:
-        pre_acts = x @ params.W_enc + (params.b_enc - params.b_dec @ params.W_enc)
-        if mesh is not None:
-            pre_acts = jax.lax.with_sharding_constraint(pre_acts, NamedSharding(mesh, spec("batch", "features")))
     ones = jax.tree.map(jnp.ones_like, params)
     grads, loss, _ = auxk.add_aux_k_gradient(ones, params, x, residual, dead, jnp.int32(step),
-                                             jnp.sum(dead, dtype=jnp.int32), cfg, mesh, pre_acts, jnp.float32(1.0))
+                                             jnp.sum(dead, dtype=jnp.int32), cfg, mesh,
+                                             forward_preacts(params, x, mesh, read_preacts), jnp.float32(1.0))
     return loss, jax.tree.map(lambda g: g - 1.0, grads)
 
 

@@ -96,9 +96,15 @@ def _aux_k_inputs(x, out: ForwardOutput, cfg: SAEConfig, dead, step, n_dead_max)
     return x, residual, step, n_dead, cfg.aux_coeff * _data_variance(target)
 
 
-def _no_aux_k_parts(dead) -> dict[str, Array]:
-    zero = jnp.zeros((), jnp.float32)
-    return {"aux_loss": zero, "aux_dead_latents": jnp.sum(dead, dtype=jnp.float32), "aux_grad_latents": zero}
+def _runs_aux_k(cfg: SAEConfig, parts: dict[str, Array], dead) -> bool:
+    """Whether AuxK is a term of this loss; a TopK-family SAE with aux_coeff = 0 reports it as 0."""
+    if not uses_aux_k(cfg):
+        return False
+    if cfg.aux_coeff == 0:
+        zero = jnp.zeros((), jnp.float32)
+        parts.update(aux_loss=zero, aux_dead_latents=jnp.sum(dead, dtype=jnp.float32), aux_grad_latents=zero)
+        return False
+    return True
 
 
 def sae_loss(
@@ -124,10 +130,7 @@ def sae_loss(
 
     The train step uses `sae_loss_and_grads`, equal to value_and_grad of this."""
     loss, (out, parts) = _loss_without_aux_k(params, x, cfg, mesh, sparsity_coeff)
-    if not uses_aux_k(cfg):
-        return loss, (out, parts)
-    if cfg.aux_coeff == 0:
-        parts.update(_no_aux_k_parts(dead))
+    if not _runs_aux_k(cfg, parts, dead):
         return loss, (out, parts)
     x_in, residual, step, n_dead, weight = _aux_k_inputs(x, out, cfg, dead, step, n_dead_max)
     aux, counts = auxk.aux_k_loss(params, x_in, residual, dead, step, n_dead, cfg, mesh, pre_acts=out.pre_acts)
@@ -152,10 +155,7 @@ def sae_loss_and_grads(
     gradients add."""
     (loss, (out, parts)), grads = jax.value_and_grad(_loss_without_aux_k, has_aux=True)(
         params, x, cfg, mesh, sparsity_coeff)
-    if not uses_aux_k(cfg):
-        return (loss, (out, parts)), grads
-    if cfg.aux_coeff == 0:
-        parts.update(_no_aux_k_parts(dead))
+    if not _runs_aux_k(cfg, parts, dead):
         return (loss, (out, parts)), grads
     x_in, residual, step, n_dead, weight = _aux_k_inputs(x, out, cfg, dead, step, n_dead_max)
     grads, aux, counts = auxk.add_aux_k_gradient(grads, params, x_in, residual, dead, step, n_dead, cfg, mesh,
