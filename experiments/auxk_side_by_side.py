@@ -7,6 +7,10 @@ auxk.py from git, loaded as a second module and patched into sae/losses.py while
     XLA_FLAGS=--xla_force_host_platform_device_count=8 nice -n 5 python experiments/auxk_side_by_side.py \\
         --before /tmp/auxk_before.py --mesh 1x1,2x4 --rounds 7 --fresh
 
+An older auxk.py with `add_aux_k_gradient` runs as it is; one without it has its AuxK differentiated
+through the buffer switch. `--sweep 4` times sweeps of 4 runs instead (the first member dead in the
+dead variants; nothing dead in `--fresh` ones).
+
 `--through-switch` adds the current AuxK with its gradient taken through the buffer switch (what the
 train step did before auxk.add_aux_k_gradient), with and without dead latents.
 `--extra-size 832` adds a variant of the current version whose buffer sizes include 832 (what a
@@ -88,6 +92,8 @@ def main() -> None:
     ap.add_argument("--dead-frac", type=float, default=0.05)
     ap.add_argument("--fresh", action="store_true", help="also the current version with nothing dead")
     ap.add_argument("--extra-size", type=int, default=0)
+    ap.add_argument("--sweep", type=int, default=0,
+                    help="time sweeps of this many runs (vmap), the first member dead, the others fresh")
     ap.add_argument("--through-switch", action="store_true",
                     help="also the current AuxK differentiated through its buffer switch (the step before 2026-11-30's change)")
     ap.add_argument("--no-switch", type=int, default=0,
@@ -96,7 +102,12 @@ def main() -> None:
     cfg = SAEConfig(arch="topk", d_in=640, n_features=16384, k=args.k, decode="sparse")
     specs = [("no-AuxK", dataclasses.replace(cfg, aux_coeff=0.0), args.dead_frac, auxk_now)]
     if args.before:
-        specs.append(("AuxK before", cfg, args.dead_frac, through_switch(load_copy(args.before, "auxk_before"))))
+        before = load_copy(args.before, "auxk_before")
+        if not hasattr(before, "add_aux_k_gradient"):
+            before = through_switch(before)
+        specs.append(("AuxK before", cfg, args.dead_frac, before))
+        if args.fresh:
+            specs.append(("fresh before", cfg, 0.0, before))
     specs.append(("AuxK after", cfg, args.dead_frac, auxk_now))
     if args.fresh:
         specs.append(("fresh after", cfg, 0.0, auxk_now))
@@ -113,13 +124,16 @@ def main() -> None:
         pairs.append(("AuxK after", "AuxK through switch"))
     if args.before:
         pairs.append(("AuxK after", "AuxK before"))
+        if args.fresh:
+            pairs.append(("fresh after", "fresh before"))
     result = {"jax": jax.__version__, "k": args.k, "dead_frac": args.dead_frac, "rounds": args.rounds,
               "ratios": [], "steps": []}
     for m in args.mesh.split(","):
         mesh = tuple(int(a) for a in m.split("x"))
         variants = []
         for name, c, frac, module in specs:
-            v = make_variant(f"{m} {name}", c, 4096, mesh, frac)
+            kw = {"sweep": args.sweep, "dead_members": 1} if args.sweep else {}
+            v = make_variant(f"{m} {name}", c, 4096, mesh, frac, **kw)
             losses.auxk = module  # the step traces at its first call
             t0 = time.perf_counter()
             v()

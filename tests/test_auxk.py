@@ -250,6 +250,17 @@ def test_sweep_axis_keeps_the_skip_and_equals_separate_runs(devices):
     stacked = jax.device_put(jax.tree.map(lambda *x: jnp.stack(x), *states), shardings)
     step = TrainStep(cfg, optim, mesh, shardings, 32, sweep_size=2)
     assert step.lower(stacked, data[0]).as_text().count("stablehlo.case") >= 1
+    # Only slot-sized gradients leave AuxK's switch (one branch per buffer size and one for nothing
+    # dead): a branch handing the [2, d, F] gradients through copied them on every step.
+    compiled = step.lower(stacked, data[0]).compile().as_text()
+    n_branches = 1 + len(auxk.dead_buffer_sizes(cfg))
+    switches = [line for line in compiled.splitlines()
+                if " conditional(" in line and line.split("branch_computations={")[1].count("%") == n_branches]
+    assert switches, "AuxK's buffer switch is not a conditional in the compiled sweep step"
+    for line in switches:
+        results = line.split(" conditional(")[0]
+        assert f"[2,{D_IN},{N_FEATURES}]" not in results and f"[2,{N_FEATURES},{D_IN}]" not in results, results
+        assert f"[2,{D_IN},{cfg.effective_aux_capacity}]" in results, results
     for batch in data:
         stacked, metrics = step(stacked, batch)
     stacked = jax.device_get(stacked)

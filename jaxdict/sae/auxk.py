@@ -6,9 +6,9 @@ per token are picked among them and decoded with a [B, C] @ [C, d] matmul. Four 
 (the decode, three backward; the pre-activations are read from the forward pass) instead of a top-k
 over all F columns of every row: at 5 % dead that is ~4·C/F of the encoder's B·d·F matmul.
 
-The train step adds AuxK's gradient inside each branch of the buffer-size switch
-(`add_aux_k_gradient`): differentiating through a lax.switch costs every step the other branches'
-zero-filled residuals.
+The train step takes AuxK's gradient inside each branch of the buffer-size switch and adds it
+outside (`add_aux_k_gradient`): differentiating through a lax.switch costs every step the other
+branches' zero-filled residuals, and a branch handing the [d, F] gradients through copies them.
 
 Semantics, exactly: with n_dead ≤ C every dead latent is a candidate and the result equals the
 top-k_aux over all dead latents of each row (ties to the lower feature id, as `lax.top_k`). With
@@ -75,6 +75,17 @@ def select_dead(dead: Bool[Array, " F"], capacity: int, step: Int[Array, ""]) ->
     return ids, valid
 
 
+def _take_slots(table: Array, ids: Int[Array, " C"], axis: int, batch_rows: bool) -> Array:
+    """table's slices at `ids` (all in range) along `axis`. A [B, F] table's columns are taken row by
+    row (each row's C entries, the result row-major): `jnp.take` of whole columns writes them as
+    [C, B] and every reader of the result fused a transpose back, 2.6× slower side by side at
+    B 4,096, F 16,384, C 1,024 with three readers, as AuxK has."""
+    if batch_rows and axis == 1 and table.ndim == 2:
+        per_row = jnp.broadcast_to(ids[None, :], (table.shape[0], ids.shape[0]))
+        return jnp.take_along_axis(table, per_row, axis=1, mode="promise_in_bounds")
+    return jnp.take(table, ids, axis=axis)
+
+
 def gather_slots(table: Array, ids: Int[Array, " C"], axis: int, mesh: Mesh | None, batch_rows: bool = False) -> Array:
     """table taken at `ids` along its feature axis (`axis`), the result's slot axis split over
     `model` like the features. Sharded: each shard takes the ids it owns (zeros elsewhere) and a
@@ -82,13 +93,13 @@ def gather_slots(table: Array, ids: Int[Array, " C"], axis: int, mesh: Mesh | No
     local scatter-add, so no d·F array ever moves. `batch_rows`: axis 0 is the batch, split over
     `data`."""
     if model_size(mesh) == 1:
-        return jnp.take(table, ids, axis=axis)
+        return _take_slots(table, ids, axis, batch_rows)
 
     def local(block, ids_):
         n_local = block.shape[axis]
         rows = ids_ - lax.axis_index(MODEL) * n_local
         here = (rows >= 0) & (rows < n_local)
-        taken = jnp.take(block, jnp.clip(rows, 0, n_local - 1), axis=axis)
+        taken = _take_slots(block, jnp.clip(rows, 0, n_local - 1), axis, batch_rows)
         shape = [1] * taken.ndim
         shape[axis] = -1
         taken = jnp.where(here.reshape(shape), taken, jnp.zeros_like(taken))
@@ -165,20 +176,23 @@ def _slot_preacts_bwd(residuals, g):
 slot_preacts.defvjp(_slot_preacts_fwd, _slot_preacts_bwd)
 
 
-def _aux_k_at_capacity(capacity: int, params, x, residual, dead, step, cfg: SAEConfig, mesh: Mesh | None,
-                       pre_acts) -> tuple[Float[Array, ""], Int[Array, ""]]:
-    """AuxK with a buffer of `capacity` slots (something is dead): the normalised error and how many
-    of the buffer's dead latents were picked with a nonzero derivative."""
+def _slot_params(params, ids: Int[Array, " C"], mesh: Mesh | None) -> tuple[Array, Array, Array]:
+    """The buffer's encoder columns [d, C], decoder rows [C, d] and encoder biases [C]."""
+    return (gather_slots(params.W_enc, ids, 1, mesh), gather_slots(params.W_dec, ids, 0, mesh),
+            gather_slots(params.b_enc, ids, 0, mesh))
+
+
+def _aux_k_on_slots(slots, b_dec, ids, valid, x, residual, cfg: SAEConfig, mesh: Mesh | None,
+                    pre_acts) -> tuple[Float[Array, ""], Int[Array, ""]]:
+    """AuxK on the buffer's gathered parameters `slots` (`_slot_params`): the normalised error and
+    how many of the buffer's dead latents were picked with a nonzero derivative."""
     from jaxdict.sae.forward import constrain_sharding, uses_pre_encoder_bias
 
+    W_enc, W_dec, bias = slots
     k_aux = cfg.effective_aux_k
     cdt = jnp.dtype(cfg.compute_dtype)
-    ids, valid = select_dead(dead, capacity, step)
-    W_enc = gather_slots(params.W_enc, ids, 1, mesh)
-    W_dec = gather_slots(params.W_dec, ids, 0, mesh)
-    bias = gather_slots(params.b_enc, ids, 0, mesh)
     if uses_pre_encoder_bias(cfg):
-        bias = bias - params.b_dec @ W_enc  # (x − b_dec) W + b, folded as in forward.py
+        bias = bias - b_dec @ W_enc  # (x − b_dec) W + b, folded as in forward.py
     if pre_acts is None:
         z = jnp.dot(x.astype(cdt), W_enc.astype(cdt), preferred_element_type=jnp.float32) + bias
     else:
@@ -193,6 +207,51 @@ def _aux_k_at_capacity(capacity: int, params, x, residual, dead, step, cfg: SAEC
     baseline = jnp.sum(jnp.square(residual - jnp.mean(residual, axis=0, keepdims=True)))
     reached = jnp.sum(jnp.any(live, axis=0) & valid, dtype=jnp.int32)
     return err / jnp.maximum(baseline, 1e-12), reached
+
+
+def _aux_k_at_capacity(capacity: int, params, x, residual, dead, step, cfg: SAEConfig, mesh: Mesh | None,
+                       pre_acts) -> tuple[Float[Array, ""], Int[Array, ""]]:
+    """AuxK with a buffer of `capacity` slots (something is dead)."""
+    ids, valid = select_dead(dead, capacity, step)
+    return _aux_k_on_slots(_slot_params(params, ids, mesh), params.b_dec, ids, valid, x, residual, cfg, mesh,
+                           pre_acts)
+
+
+def pad_slots(a: Array, axis: int, capacity: int, m: int, fill=0) -> Array:
+    """A slot axis of C slots (split over `model` in m blocks of C/m) padded to `capacity` slots with
+    `fill` at the end of every block, so slot i of block s keeps its block: the padded arrays of
+    every buffer size line up, and a sharded array is padded where it lives."""
+    n = a.shape[axis]
+    if n == capacity:
+        return a
+    blocks = a.reshape(a.shape[:axis] + (m, n // m) + a.shape[axis + 1:])
+    widths = [(0, 0)] * blocks.ndim
+    widths[axis + 1] = (0, (capacity - n) // m)
+    padded = jnp.pad(blocks, widths, constant_values=fill)
+    return padded.reshape(a.shape[:axis] + (capacity,) + a.shape[axis + 1:])
+
+
+def scatter_add_slots(table: Array, slot_values: Array, ids: Int[Array, " C"], axis: int,
+                      mesh: Mesh | None) -> Array:
+    """table + slot_values added at the feature ids `ids` along `axis` (ids ≥ the feature count are
+    dropped): the transpose of `gather_slots`, added in place. Sharded: an all-gather of the slots
+    (d·C floats) and each shard adds those it owns."""
+    index = (slice(None),) * axis
+    if model_size(mesh) == 1:
+        return table.at[index + (ids,)].add(slot_values.astype(table.dtype), mode="drop")
+
+    def local(block, slots_block, ids_):
+        n_local = block.shape[axis]
+        slots = lax.all_gather(slots_block, MODEL, axis=axis, tiled=True)
+        rows = ids_ - lax.axis_index(MODEL) * n_local
+        # Ids on other shards (and the padding) become n_local, out of range, dropped.
+        rows = jnp.where((rows >= 0) & (rows < n_local), rows, n_local)
+        return block.at[index + (rows,)].add(slots.astype(block.dtype), mode="drop")
+
+    feature_spec = [None] * table.ndim
+    feature_spec[axis] = MODEL
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(*feature_spec), P(*feature_spec), P()),
+                         out_specs=P(*feature_spec))(table, slot_values, ids)
 
 
 def _counts(dead, reached) -> dict[str, Array]:
@@ -241,25 +300,45 @@ def add_aux_k_gradient(
     Differentiated through, lax.switch makes every branch's forward return the residuals of all
     branches (zero-filled for the others') and runs a transposed switch with full-size zero
     cotangents: measured 12–14 % of a 2×4 sparse TopK step at d 640, F 16,384, B 4,096, with or
-    without dead latents (BENCHMARKS.md, "AuxK"). Here the switch is outside autodiff; the branch
-    with nothing dead hands `grads` through untouched, and XLA scatters each branch's slot
-    gradients onto `grads` (the gather's transpose fused with the add)."""
+    without dead latents (BENCHMARKS.md, "AuxK"). Here the switch is outside autodiff, and only
+    slot-sized gradients leave it: every branch returns the gradients of its gathered slots, padded
+    to the largest buffer (`pad_slots`), with their feature ids, and one scatter-add outside the
+    switch puts them onto `grads`. A branch that took or returned the [d, F] gradients themselves
+    copied them (W_enc's with a transpose) even with nothing dead: a sweep of 4 with nothing dead
+    paid 1.115× the step without AuxK (BENCHMARKS.md, "Quiet runs")."""
     sizes = dead_buffer_sizes(cfg, mesh)
+    capacity, m = sizes[-1], model_size(mesh)
+    n_features = params.W_enc.shape[1]
 
-    def with_buffer(capacity):
-        def run(g):
-            def weighted(p):
-                loss, reached = _aux_k_at_capacity(capacity, p, x, residual, dead, step, cfg, mesh, pre_acts)
+    def with_buffer(size):
+        def run(_):
+            ids, valid = select_dead(dead, size, step)
+
+            def weighted(slots, b_dec):
+                loss, reached = _aux_k_on_slots(slots, b_dec, ids, valid, x, residual, cfg, mesh, pre_acts)
                 return weight * loss, (loss, reached)
 
-            (_, (loss, reached)), aux_grads = jax.value_and_grad(weighted, has_aux=True)(params)
-            return jax.tree.map(jnp.add, g, aux_grads), loss, reached
+            (_, (loss, reached)), (d_slots, d_b_dec) = jax.value_and_grad(weighted, argnums=(0, 1), has_aux=True)(
+                _slot_params(params, ids, mesh), params.b_dec)
+            d_W_enc, d_W_dec, d_b_enc = d_slots
+            padded = (pad_slots(d_W_enc, 1, capacity, m), pad_slots(d_W_dec, 0, capacity, m),
+                      pad_slots(d_b_enc, 0, capacity, m),
+                      pad_slots(jnp.where(valid, ids, n_features), 0, capacity, m, fill=n_features))
+            return padded, d_b_dec, loss, reached
 
         return run
 
-    def nothing_dead(g):
-        return g, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
+    def nothing_dead(_):
+        d, dt = params.W_enc.shape[0], params.W_enc.dtype
+        padded = (jnp.zeros((d, capacity), dt), jnp.zeros((capacity, params.W_dec.shape[1]), params.W_dec.dtype),
+                  jnp.zeros((capacity,), params.b_enc.dtype), jnp.full((capacity,), n_features, jnp.int32))
+        return padded, jnp.zeros_like(params.b_dec), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
 
     branches = [nothing_dead] + [with_buffer(c) for c in sizes]
-    grads, loss, reached = lax.switch(bucket_index(n_dead_max, sizes), branches, grads)
+    (d_W_enc, d_W_dec, d_b_enc, ids), d_b_dec, loss, reached = lax.switch(
+        bucket_index(n_dead_max, sizes), branches, None)
+    grads = grads.replace(W_enc=scatter_add_slots(grads.W_enc, d_W_enc, ids, 1, mesh),
+                          W_dec=scatter_add_slots(grads.W_dec, d_W_dec, ids, 0, mesh),
+                          b_enc=scatter_add_slots(grads.b_enc, d_b_enc, ids, 0, mesh),
+                          b_dec=grads.b_dec + d_b_dec.astype(grads.b_dec.dtype))
     return grads, loss, _counts(dead, reached)
