@@ -3,7 +3,8 @@
 The dead latents' ids go into a small buffer of C slots (C ≥ their number, from a few fixed sizes;
 `dead_buffer_sizes`); their pre-activations z[:, buffer] and decoder rows are gathered, the top k_aux
 per token are picked among them and decoded with a [B, C] @ [C, d] matmul. Four B·C·d matmuls
-(the decode, three backward; the pre-activations are read from the forward pass) instead of a top-k
+(the decode, three backward; on one device the pre-activations are read from the forward pass,
+sharded they are recomputed, a fifth) instead of a top-k
 over all F columns of every row: at 5 % dead that is ~4·C/F of the encoder's B·d·F matmul.
 
 The train step takes AuxK's gradient inside each branch of the buffer-size switch and adds it
@@ -75,41 +76,13 @@ def select_dead(dead: Bool[Array, " F"], capacity: int, step: Int[Array, ""]) ->
     return ids, valid
 
 
-def _take_slots(table: Array, ids: Int[Array, " C"], axis: int, batch_rows: bool) -> Array:
-    """table's slices at `ids` (all in range) along `axis`. A [B, F] table's columns are taken row by
-    row (each row's C entries, the result row-major): `jnp.take` of whole columns writes them as
-    [C, B] and every reader of the result fused a transpose back, 2.6× slower side by side at
-    B 4,096, F 16,384, C 1,024 with three readers, as AuxK has."""
-    if batch_rows and axis == 1 and table.ndim == 2:
-        per_row = jnp.broadcast_to(ids[None, :], (table.shape[0], ids.shape[0]))
-        return jnp.take_along_axis(table, per_row, axis=1, mode="promise_in_bounds")
-    return jnp.take(table, ids, axis=axis)
-
-
-def gather_slots(table: Array, ids: Int[Array, " C"], axis: int, mesh: Mesh | None, batch_rows: bool = False) -> Array:
-    """table taken at `ids` along its feature axis (`axis`), the result's slot axis split over
-    `model` like the features. Sharded: each shard takes the ids it owns (zeros elsewhere) and a
-    psum-scatter gives every shard its slots; the transpose (autodiff) is an all-gather and a
-    local scatter-add, so no d·F array ever moves. `batch_rows`: axis 0 is the batch, split over
-    `data`."""
-    if model_size(mesh) == 1:
-        return _take_slots(table, ids, axis, batch_rows)
-
-    def local(block, ids_):
-        n_local = block.shape[axis]
-        rows = ids_ - lax.axis_index(MODEL) * n_local
-        here = (rows >= 0) & (rows < n_local)
-        taken = _take_slots(block, jnp.clip(rows, 0, n_local - 1), axis, batch_rows)
-        shape = [1] * taken.ndim
-        shape[axis] = -1
-        taken = jnp.where(here.reshape(shape), taken, jnp.zeros_like(taken))
-        return lax.psum_scatter(taken, MODEL, scatter_dimension=axis, tiled=True)
-
-    feature_spec = [None] * table.ndim
-    feature_spec[axis] = MODEL
-    if batch_rows:
-        feature_spec[0] = DATA
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(*feature_spec), P()), out_specs=P(*feature_spec))(table, ids)
+def preact_slots(pre_acts: Float[Array, "B F"], ids: Int[Array, " C"]) -> Float[Array, "B C"]:
+    """pre_acts[:, ids] on one device, taken row by row (each row's C entries, the result row-major):
+    `jnp.take` of whole columns writes them as [C, B] and every reader of the result fused a
+    transpose back, 2.6× slower side by side at B 4,096, F 16,384, C 1,024 with three readers, as
+    AuxK has."""
+    per_row = jnp.broadcast_to(ids[None, :], (pre_acts.shape[0], ids.shape[0]))
+    return jnp.take_along_axis(pre_acts, per_row, axis=1, mode="promise_in_bounds")
 
 
 def selection_mask(z_slots: Float[Array, "B C"], valid: Bool[Array, " C"], k_aux: int,
@@ -177,9 +150,32 @@ slot_preacts.defvjp(_slot_preacts_fwd, _slot_preacts_bwd)
 
 
 def _slot_params(params, ids: Int[Array, " C"], mesh: Mesh | None) -> tuple[Array, Array, Array]:
-    """The buffer's encoder columns [d, C], decoder rows [C, d] and encoder biases [C]."""
-    return (gather_slots(params.W_enc, ids, 1, mesh), gather_slots(params.W_dec, ids, 0, mesh),
-            gather_slots(params.b_enc, ids, 0, mesh))
+    """The buffer's encoder columns [d_in, C], decoder rows [C, d_out] and encoder biases [C], the
+    slot axis split over `model`. Sharded, the three go in one psum-scatter of [C, d_in + d_out + 1]
+    (one collective instead of three, each a rendezvous of every device)."""
+    if model_size(mesh) == 1:
+        return (jnp.take(params.W_enc, ids, axis=1), jnp.take(params.W_dec, ids, axis=0),
+                jnp.take(params.b_enc, ids, axis=0))
+    d_in = params.W_enc.shape[0]
+
+    def local(W_enc, W_dec, b_enc, ids_):
+        rows, here = _rows_here(ids_, W_dec.shape[0])
+        rows = jnp.clip(rows, 0, W_dec.shape[0] - 1)
+        taken = jnp.concatenate([jnp.take(W_enc, rows, axis=1).T, jnp.take(W_dec, rows, axis=0),
+                                 jnp.take(b_enc, rows, axis=0)[:, None]], axis=1)
+        slots = lax.psum_scatter(jnp.where(here[:, None], taken, jnp.zeros_like(taken)), MODEL,
+                                 scatter_dimension=0, tiled=True)
+        return slots[:, :d_in].T, slots[:, d_in:-1], slots[:, -1]
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(None, MODEL), P(MODEL, None), P(MODEL), P()),
+                         out_specs=(P(None, MODEL), P(MODEL, None), P(MODEL)))(
+        params.W_enc, params.W_dec, params.b_enc, ids)
+
+
+def _rows_here(ids: Int[Array, " C"], n_local: int) -> tuple[Array, Array]:
+    """Feature ids as rows of this `model` shard's block, and which of them live here."""
+    rows = ids - lax.axis_index(MODEL) * n_local
+    return rows, (rows >= 0) & (rows < n_local)
 
 
 def _aux_k_on_slots(slots, b_dec, ids, valid, x, residual, cfg: SAEConfig, mesh: Mesh | None,
@@ -193,10 +189,13 @@ def _aux_k_on_slots(slots, b_dec, ids, valid, x, residual, cfg: SAEConfig, mesh:
     cdt = jnp.dtype(cfg.compute_dtype)
     if uses_pre_encoder_bias(cfg):
         bias = bias - b_dec @ W_enc  # (x − b_dec) W + b, folded as in forward.py
-    if pre_acts is None:
+    if pre_acts is None or model_size(mesh) > 1:
+        # Split over `model`, reading the slots takes a psum-scatter of a [B/data, C] array (mostly
+        # zeros) on every device; the [B/data, d] @ [d, C/model] matmul on each device's own slots
+        # measured 0.94× and 0.98× of the step that read them, side by side on 2×4 (BENCHMARKS.md).
         z = jnp.dot(x.astype(cdt), W_enc.astype(cdt), preferred_element_type=jnp.float32) + bias
     else:
-        z_slots = gather_slots(lax.stop_gradient(pre_acts), ids, 1, mesh, batch_rows=True)
+        z_slots = preact_slots(lax.stop_gradient(pre_acts), ids)
         z = slot_preacts(x.astype(jnp.float32), W_enc, bias, z_slots)
     z = constrain_sharding(z, mesh, P(DATA, MODEL))
     picked = selection_mask(z, valid, k_aux, mesh)
@@ -231,27 +230,32 @@ def pad_slots(a: Array, axis: int, capacity: int, m: int, fill=0) -> Array:
     return padded.reshape(a.shape[:axis] + (capacity,) + a.shape[axis + 1:])
 
 
-def scatter_add_slots(table: Array, slot_values: Array, ids: Int[Array, " C"], axis: int,
-                      mesh: Mesh | None) -> Array:
-    """table + slot_values added at the feature ids `ids` along `axis` (ids ≥ the feature count are
-    dropped): the transpose of `gather_slots`, added in place. Sharded: an all-gather of the slots
-    (d·C floats) and each shard adds those it owns."""
-    index = (slice(None),) * axis
+def add_slot_gradients(grads, d_slots: tuple[Array, Array, Array], ids: Int[Array, " C"], mesh: Mesh | None):
+    """grads + the slot gradients (d W_enc [d_in, C], d W_dec [C, d_out], d b_enc [C]) added at the
+    feature ids `ids` (ids ≥ the feature count are dropped), in place: the transpose of
+    `_slot_params`. Sharded: one all-gather of the slots' [C, d_in + d_out + 1] and each shard adds
+    the ids it owns."""
+    d_W_enc, d_W_dec, d_b_enc = d_slots
     if model_size(mesh) == 1:
-        return table.at[index + (ids,)].add(slot_values.astype(table.dtype), mode="drop")
+        return grads.replace(W_enc=grads.W_enc.at[:, ids].add(d_W_enc.astype(grads.W_enc.dtype), mode="drop"),
+                             W_dec=grads.W_dec.at[ids].add(d_W_dec.astype(grads.W_dec.dtype), mode="drop"),
+                             b_enc=grads.b_enc.at[ids].add(d_b_enc.astype(grads.b_enc.dtype), mode="drop"))
+    d_in = grads.W_enc.shape[0]
 
-    def local(block, slots_block, ids_):
-        n_local = block.shape[axis]
-        slots = lax.all_gather(slots_block, MODEL, axis=axis, tiled=True)
-        rows = ids_ - lax.axis_index(MODEL) * n_local
-        # Ids on other shards (and the padding) become n_local, out of range, dropped.
-        rows = jnp.where((rows >= 0) & (rows < n_local), rows, n_local)
-        return block.at[index + (rows,)].add(slots.astype(block.dtype), mode="drop")
+    def local(W_enc, W_dec, b_enc, g_W_enc, g_W_dec, g_b_enc, ids_):
+        n_local = W_dec.shape[0]
+        slots = lax.all_gather(jnp.concatenate([g_W_enc.T, g_W_dec, g_b_enc[:, None]], axis=1), MODEL,
+                               axis=0, tiled=True)
+        rows, here = _rows_here(ids_, n_local)
+        rows = jnp.where(here, rows, n_local)  # other shards' ids (and the padding): out of range, dropped
+        return (W_enc.at[:, rows].add(slots[:, :d_in].T.astype(W_enc.dtype), mode="drop"),
+                W_dec.at[rows].add(slots[:, d_in:-1].astype(W_dec.dtype), mode="drop"),
+                b_enc.at[rows].add(slots[:, -1].astype(b_enc.dtype), mode="drop"))
 
-    feature_spec = [None] * table.ndim
-    feature_spec[axis] = MODEL
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(*feature_spec), P(*feature_spec), P()),
-                         out_specs=P(*feature_spec))(table, slot_values, ids)
+    specs = (P(None, MODEL), P(MODEL, None), P(MODEL))
+    W_enc, W_dec, b_enc = jax.shard_map(local, mesh=mesh, in_specs=specs + specs + (P(),), out_specs=specs)(
+        grads.W_enc, grads.W_dec, grads.b_enc, d_W_enc, d_W_dec, d_b_enc, ids)
+    return grads.replace(W_enc=W_enc, W_dec=W_dec, b_enc=b_enc)
 
 
 def _counts(dead, reached) -> dict[str, Array]:
@@ -272,7 +276,7 @@ def aux_k_loss(
     `n_dead_max` picks the buffer size (the largest dead count over a sweep axis, so that under
     vmap the lax.switch stays a switch: with nothing dead anywhere the step skips AuxK).
     `pre_acts`: the forward pass's z [B, F] (x W_enc + b_enc − b_dec W_enc), whose slots are read
-    instead of recomputed; None recomputes them.
+    instead of recomputed on one device; None, or features split over `model`, recomputes them.
 
     Differentiable; the train step takes its gradient with `add_aux_k_gradient` instead, which
     keeps autodiff out of the buffer switch."""
@@ -303,7 +307,7 @@ def add_aux_k_gradient(
     without dead latents (BENCHMARKS.md, "AuxK"). Here the switch is outside autodiff, and only
     slot-sized gradients leave it: every branch returns the gradients of its gathered slots, padded
     to the largest buffer (`pad_slots`), with their feature ids, and one scatter-add outside the
-    switch puts them onto `grads`. A branch that took or returned the [d, F] gradients themselves
+    switch puts them onto `grads` (`add_slot_gradients`). A branch that took or returned the [d, F] gradients themselves
     copied them (W_enc's with a transpose) even with nothing dead: a sweep of 4 with nothing dead
     paid 1.115× the step without AuxK (BENCHMARKS.md, "Quiet runs")."""
     sizes = dead_buffer_sizes(cfg, mesh)
@@ -337,8 +341,6 @@ def add_aux_k_gradient(
     branches = [nothing_dead] + [with_buffer(c) for c in sizes]
     (d_W_enc, d_W_dec, d_b_enc, ids), d_b_dec, loss, reached = lax.switch(
         bucket_index(n_dead_max, sizes), branches, None)
-    grads = grads.replace(W_enc=scatter_add_slots(grads.W_enc, d_W_enc, ids, 1, mesh),
-                          W_dec=scatter_add_slots(grads.W_dec, d_W_dec, ids, 0, mesh),
-                          b_enc=scatter_add_slots(grads.b_enc, d_b_enc, ids, 0, mesh),
-                          b_dec=grads.b_dec + d_b_dec.astype(grads.b_dec.dtype))
+    grads = add_slot_gradients(grads, (d_W_enc, d_W_dec, d_b_enc), ids, mesh)
+    grads = grads.replace(b_dec=grads.b_dec + d_b_dec.astype(grads.b_dec.dtype))
     return grads, loss, _counts(dead, reached)
