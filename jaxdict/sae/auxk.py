@@ -79,8 +79,8 @@ def select_dead(dead: Bool[Array, " F"], capacity: int, step: Int[Array, ""]) ->
 def preact_slots(pre_acts: Float[Array, "B F"], ids: Int[Array, " C"]) -> Float[Array, "B C"]:
     """pre_acts[:, ids] on one device, taken row by row (each row's C entries, the result row-major):
     `jnp.take` of whole columns writes them as [C, B] and every reader of the result fused a
-    transpose back, 2.6× slower side by side at B 4,096, F 16,384, C 1,024 with three readers, as
-    AuxK has."""
+    transpose back: 2.6× slower side by side (on a loaded machine) at B 4,096, F 16,384, C 1,024
+    with three readers, as AuxK has (BENCHMARKS.md, "Seventh session")."""
     per_row = jnp.broadcast_to(ids[None, :], (pre_acts.shape[0], ids.shape[0]))
     return jnp.take_along_axis(pre_acts, per_row, axis=1, mode="promise_in_bounds")
 
@@ -307,9 +307,9 @@ def add_aux_k_gradient(
     without dead latents (BENCHMARKS.md, "AuxK"). Here the switch is outside autodiff, and only
     slot-sized gradients leave it: every branch returns the gradients of its gathered slots, padded
     to the largest buffer (`pad_slots`), with their feature ids, and one scatter-add outside the
-    switch puts them onto `grads` (`add_slot_gradients`). A branch that took or returned the [d, F] gradients themselves
-    copied them (W_enc's with a transpose) even with nothing dead: a sweep of 4 with nothing dead
-    paid 1.115× the step without AuxK (BENCHMARKS.md, "Quiet runs")."""
+    switch puts them onto `grads` (`add_slot_gradients`). A branch that took and returned the [d, F]
+    gradients copied them even with nothing dead (W_enc's with a transpose; seen in the compiled
+    sweep step's HLO, BENCHMARKS.md, "Quiet runs")."""
     sizes = dead_buffer_sizes(cfg, mesh)
     capacity, m = sizes[-1], model_size(mesh)
     n_features = params.W_enc.shape[1]
