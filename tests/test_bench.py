@@ -95,6 +95,22 @@ def test_bench_command_writes_json(tmp_path):
     assert missing.stderr.strip() == f"jaxdict bench: error: no activation store at {tmp_path / 'none'} (missing store.json)"
 
 
+def test_bench_steady_runs_the_decode_and_dtype_asked_for(tmp_path):
+    """`bench steady --decode dense --dtype bfloat16 --sweep 0` (the GPU user's step,
+    experiments/gpu_auxk.sh): those settings are recorded, and no sweep rows run."""
+    out = tmp_path / "steady.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxdict.cli", "bench", "steady", "--d-in", "16", "--features", "256", "--batch-size",
+         "32", "--k", "4", "--mesh", "1x1", "--rounds", "1", "--decode", "dense", "--dtype", "bfloat16",
+         "--sweep", "0", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert (result["shape"]["decode"], result["shape"]["compute_dtype"]) == ("dense", "bfloat16")
+    assert [r["variant"] for r in result["steps"]] == [
+        "1x1 fresh", "1x1 dead AuxK", "1x1 dead no-AuxK", "1x1 dead AuxK logged", "1x1 dead AuxK no metrics"]
+    assert result["ratios"][0]["ratio"] == "1x1 dead AuxK / 1x1 dead no-AuxK"
+
+
 def test_bench_step_saelens_pairs_fresh_with_fresh_and_dead_with_dead(tmp_path):
     """SAELens's step is timed fresh and, for TopK, with the same latents dead (its AuxK running),
     and each ratio divides our step in the same state by it."""

@@ -55,6 +55,25 @@ def test_mask_equals_lax_top_k_on_one_device(case, rows):
     np.testing.assert_array_equal(np.asarray(got), top_k_set(z, valid, k))
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_the_accelerator_form_equals_lax_top_k(case):
+    """Off the CPU the search runs over all rows at once with its passes unrolled (row_topk's
+    docstring): compiled here, on the CPU, it must pick lax.top_k's set as the blocked form does."""
+    rng = np.random.default_rng([CASES.index(case), 40, 1])
+    z, valid, k = make_values(case, 40, 48, rng)
+    accelerator_form = jax.jit(lambda a, v: row_topk.row_topk_mask(a, v, k, on_cpu=False))
+    got = accelerator_form(jnp.asarray(z), jnp.asarray(valid))
+    np.testing.assert_array_equal(np.asarray(got), top_k_set(z, valid, k))
+    # One block, no loop: the compiled program has no while (the CPU form has two nested).
+    hlo = accelerator_form.lower(jnp.asarray(z), jnp.asarray(valid)).compile().as_text()
+    assert " while(" not in hlo
+
+
+def test_the_program_is_compiled_for_the_platform_it_runs_on():
+    assert row_topk.runs_on_cpu(None) == (jax.default_backend() == "cpu")
+    assert row_topk.runs_on_cpu(make_mesh(1, 1, devices=jax.devices()[:1]))
+
+
 def test_kth_largest_key_is_the_kth_largest_value():
     rng = np.random.default_rng(3)
     z = rng.standard_normal((8, 100)).astype(np.float32)
@@ -85,5 +104,7 @@ def test_under_vmap_equals_each_member():
     z = np.stack([make_values("ties", 32, 40, rng)[0], make_values("normal", 32, 40, rng)[0]])
     valid = rng.random(40) < 0.9
     got = jax.vmap(lambda a: row_topk.topk_mask(a, jnp.asarray(valid), 11, None, 1))(jnp.asarray(z))
+    accelerator_form = jax.vmap(lambda a: row_topk.row_topk_mask(a, jnp.asarray(valid), 11, on_cpu=False))
     for member in range(2):
         np.testing.assert_array_equal(np.asarray(got[member]), top_k_set(z[member], valid, 11))
+        np.testing.assert_array_equal(np.asarray(accelerator_form(jnp.asarray(z))[member]), top_k_set(z[member], valid, 11))

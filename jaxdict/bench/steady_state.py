@@ -113,12 +113,13 @@ def ratio_ranges(variants: list[Variant], num: str, den: str) -> dict[str, float
 
 def run_steady_suite(d_in: int = 640, n_features: int = 16384, batch_size: int = 4096, k: int = 64,
                      dead_frac: float = 0.05, rounds: int = 7, meshes=((1, 1), (2, 4)), sweep: int = 4,
+                     compute_dtype: str = "float32", decode: str = "sparse",
                      log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Sparse TopK at one shape: per mesh, the fresh step, the step with `dead_frac` dead (AuxK on)
+    """TopK at one shape (`decode` and the matmuls' `compute_dtype` as SAEConfig's): per mesh, the fresh step, the step with `dead_frac` dead (AuxK on)
     and the same dead set with aux_coeff = 0; on the first mesh also a step whose metrics are
     fetched to the host (a logged step) and one compiled without metrics; then a sweep axis of
     `sweep` runs with nothing dead, with one member at `dead_frac` dead, and without AuxK."""
-    cfg = SAEConfig(arch="topk", d_in=d_in, n_features=n_features, k=k, decode="sparse")
+    cfg = SAEConfig(arch="topk", d_in=d_in, n_features=n_features, k=k, decode=decode, compute_dtype=compute_dtype)
     no_aux = dataclasses.replace(cfg, aux_coeff=0.0)
     groups = []
     for i, mesh in enumerate(meshes):
@@ -140,8 +141,8 @@ def run_steady_suite(d_in: int = 640, n_features: int = 16384, batch_size: int =
         groups.append((specs, [(f"{s} none dead", f"{s} one dead no-AuxK"),
                                   (f"{s} one dead AuxK", f"{s} one dead no-AuxK")]))
     result = {"shape": {"d_in": d_in, "n_features": n_features, "batch_size": batch_size, "k": k,
-                        "dead_frac": dead_frac, "rounds": rounds}, "steps": [], "ratios": [],
-              "jax": jax.__version__}
+                        "dead_frac": dead_frac, "rounds": rounds, "decode": decode, "compute_dtype": compute_dtype},
+              "steps": [], "ratios": [], "jax": jax.__version__, "device": jax.devices()[0].device_kind}
     for specs, ratios in groups:
         variants = [make_variant(name, c, batch_size, mesh, frac, **kw) for name, c, mesh, frac, kw in specs]
         log(f"alternating {', '.join(v.name for v in variants)}")

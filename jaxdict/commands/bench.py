@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "decode), batchtopk-dense, jumprelu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="compute dtype of the step's matmuls (parameters stay float32)")
+    parser.add_argument("--decode", default="sparse", choices=["sparse", "dense"],
+                        help="steady: TopK decoding (sparse gathers the k active decoder rows; dense is one "
+                             "matmul, the faster on a GPU)")
     parser.add_argument("--mesh", default="1x1", help="data×model mesh, e.g. 1x1, 2x4")
     parser.add_argument("--iters", type=int, default=5, help="timed steps after warm-up")
     parser.add_argument("--saelens", action="store_true",
@@ -40,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dead-frac", type=float, default=0.05,
                         help="step/steady: share of latents kept dead for the steady-state rows (0 skips them)")
     parser.add_argument("--rounds", type=int, default=7, help="steady, gemm: alternating timed rounds")
+    parser.add_argument("--sweep", type=int, default=4, help="steady: runs on the sweep axis of its sweep rows (0 skips them)")
     parser.add_argument("--steps", type=int, default=1000, help="train: optimiser steps of each run")
     parser.add_argument("--lr", type=float, default=5e-4, help="train: Adam learning rate (both runs)")
     parser.add_argument("--dead-steps", type=int, default=100, help="train: dead window in steps (both runs)")
@@ -87,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
         from jaxdict.bench.steady_state import run_steady_suite
 
         result = run_steady_suite(d_in=args.d_in, n_features=args.features, batch_size=args.batch_size, k=args.k,
-                                  dead_frac=args.dead_frac, rounds=args.rounds,
-                                  meshes=[_parse_mesh(m) for m in args.mesh.split(",")])
+                                  dead_frac=args.dead_frac, rounds=args.rounds, compute_dtype=args.dtype,
+                                  decode=args.decode, sweep=args.sweep, meshes=[_parse_mesh(m) for m in args.mesh.split(",")])
         _write_json(args.json, result)
         return 0
     if args.what == "train":

@@ -9,6 +9,11 @@ mask is a comparison with it. The passes run over blocks of 16 rows, so a block 
 C 1,024) stays in cache across its passes: 70–90 ms for the same mask, side by side (a single pass
 over all rows at a time measured 310 ms; that is memory traffic, 32 reads of the [B, C] array).
 
+That blocking is for XLA:CPU only. On a GPU each block's passes are kernels launched one after
+another, ~8,000 for B 4,096 (256 blocks × 31): the AuxK step measured 19× the step without AuxK on
+an H200 (169 against 9 ms, fp32, d 640, F 16,384, 5 % dead; BENCHMARKS.md, "H200: AuxK"). Off the
+CPU the search runs over all rows at once, its 31 passes unrolled: 31 fused compare-and-count kernels.
+
 The selected set equals lax.top_k's exactly, ties included: entries above the k-th largest value,
 then among entries equal to it the ones with the lowest column index, as many as fill k (lax.top_k
 orders equal values by index). Entries marked invalid rank as -inf, as in lax.top_k over the values
@@ -41,9 +46,9 @@ def order_keys(values: Float[Array, "R C"], valid: Bool[Array, "R C"] | Bool[Arr
     return jnp.where(valid, keys, jnp.int32(_MINUS_INF_KEY))
 
 
-def kth_largest_key(keys: Int[Array, "R C"], k: int) -> Int[Array, " R"]:
+def kth_largest_key(keys: Int[Array, "R C"], k: int, unroll: bool = False) -> Int[Array, " R"]:
     """Per row, the largest t with #{key ≥ t} ≥ k (the k-th largest key), built from the sign bit
-    down: one counting pass per bit."""
+    down: one counting pass per bit (`unroll`: as 31 passes in the program, no loop)."""
     def count_at_least(t):
         return jnp.sum((keys >= t[:, None]).astype(jnp.int32), axis=1)
 
@@ -54,7 +59,7 @@ def kth_largest_key(keys: Int[Array, "R C"], k: int) -> Int[Array, " R"]:
         candidate = kth + (jnp.int32(1) << (30 - i))
         return jnp.where(count_at_least(candidate) >= k, candidate, kth)
 
-    return lax.fori_loop(0, 31, add_bit, kth)
+    return lax.fori_loop(0, 31, add_bit, kth, unroll=unroll)
 
 
 def _column_index(a: Array) -> Int[Array, "1 C"]:
@@ -74,9 +79,10 @@ def last_tie_column(ties: Bool[Array, "R C"], room: Int[Array, "R 1"]) -> Int[Ar
     return last
 
 
-def _block_mask(values: Float[Array, "R C"], valid: Bool[Array, " C"], k: int) -> Bool[Array, "R C"]:
+def _block_mask(values: Float[Array, "R C"], valid: Bool[Array, " C"], k: int,
+                unroll: bool = False) -> Bool[Array, "R C"]:
     keys = order_keys(values, valid[None, :])  # here, so the block's keys never leave the cache
-    kth = kth_largest_key(keys, k)[:, None]
+    kth = kth_largest_key(keys, k, unroll)[:, None]
     above = keys > kth
     ties = keys == kth
     room = k - jnp.sum(above.astype(jnp.int32), axis=1, keepdims=True)
@@ -98,11 +104,22 @@ def _block_rows(n_rows: int) -> int:
     return rows
 
 
-def row_topk_mask(values: Float[Array, "R C"], valid: Bool[Array, " C"], k: int) -> Bool[Array, "R C"]:
-    """Each row's k largest valid values (ties to the lower column) as a mask, on one device."""
+def runs_on_cpu(mesh: Mesh | None) -> bool:
+    """Whether the program is compiled for XLA:CPU: the mesh's devices, else JAX's default backend."""
+    if mesh is None:
+        return jax.default_backend() == "cpu"
+    return mesh.devices.flat[0].platform == "cpu"
+
+
+def row_topk_mask(values: Float[Array, "R C"], valid: Bool[Array, " C"], k: int,
+                  on_cpu: bool = True) -> Bool[Array, "R C"]:
+    """Each row's k largest valid values (ties to the lower column) as a mask, on one device; in
+    blocks of rows that stay in cache `on_cpu`, else over all rows at once (module docstring)."""
     n_rows, n_cols = values.shape
     if k >= n_cols:
         return jnp.broadcast_to(valid[None, :], values.shape)
+    if not on_cpu:
+        return _block_mask(values, valid, k, unroll=True)
     rows = _block_rows(n_rows)
     blocks = lax.map(lambda b: _block_mask(b, valid, k), values.reshape(n_rows // rows, rows, n_cols))
     return blocks.reshape(n_rows, n_cols)
@@ -118,12 +135,13 @@ def topk_mask(values: Float[Array, "B C"], valid: Bool[Array, " C"], k: int, mes
     repeats another's work, no collective per pass), and a second all-to-all returns the mask to
     the column split. Needs the per-device row count divisible by m."""
     values = lax.stop_gradient(values)
+    on_cpu = runs_on_cpu(mesh)
     if model_size == 1:
-        return row_topk_mask(values, valid, k)
+        return row_topk_mask(values, valid, k, on_cpu)
 
     def block(v, all_valid):
         whole_rows = lax.all_to_all(v, MODEL, split_axis=0, concat_axis=1, tiled=True)
-        mask = row_topk_mask(whole_rows, all_valid, k).astype(jnp.int8)
+        mask = row_topk_mask(whole_rows, all_valid, k, on_cpu).astype(jnp.int8)
         return lax.all_to_all(mask, MODEL, split_axis=1, concat_axis=0, tiled=True) > 0
 
     return jax.shard_map(block, mesh=mesh, in_specs=(P(DATA, MODEL), P()), out_specs=P(DATA, MODEL))(values, valid)
