@@ -178,11 +178,10 @@ def _rows_here(ids: Int[Array, " C"], n_local: int) -> tuple[Array, Array]:
     return rows, (rows >= 0) & (rows < n_local)
 
 
-def _aux_k_on_slots(slots, b_dec, ids, valid, x, residual, baseline, cfg: SAEConfig, mesh: Mesh | None,
+def _aux_k_on_slots(slots, b_dec, ids, valid, x, residual, cfg: SAEConfig, mesh: Mesh | None,
                     pre_acts) -> tuple[Float[Array, ""], Int[Array, ""]]:
     """AuxK on the buffer's gathered parameters `slots` (`_slot_params`): the normalised error and
-    how many of the buffer's dead latents were picked with a nonzero derivative. `baseline`:
-    `trivial_error(residual)`."""
+    how many of the buffer's dead latents were picked with a nonzero derivative."""
     from jaxdict.sae.forward import constrain_sharding, uses_pre_encoder_bias
 
     W_enc, W_dec, bias = slots
@@ -204,35 +203,29 @@ def _aux_k_on_slots(slots, b_dec, ids, valid, x, residual, baseline, cfg: SAECon
     f = jnp.where(live, z, jnp.zeros_like(z))
     e_hat = jnp.dot(f.astype(cdt), W_dec.astype(cdt), preferred_element_type=jnp.float32)
     err = jnp.sum(jnp.square(residual - e_hat))
+    # ‖e − ē‖²: the error of predicting the mean residual, AuxK's normaliser.
+    baseline = jnp.sum(jnp.square(residual - jnp.mean(residual, axis=0, keepdims=True)))
     reached = jnp.sum(jnp.any(live, axis=0) & valid, dtype=jnp.int32)
     return err / jnp.maximum(baseline, 1e-12), reached
 
 
-def trivial_error(residual: Float[Array, "B d"]) -> Float[Array, ""]:
-    """‖e − ē‖² over the batch: AuxK's error when it predicts the mean residual (its normaliser)."""
-    return jnp.sum(jnp.square(residual - jnp.mean(residual, axis=0, keepdims=True)))
-
-
-def dead_slots(dead: Bool[Array, " F"], step: Int[Array, ""], cfg: SAEConfig,
+def dead_slots(dead: Bool[Array, " F"], capacity: int, step: Int[Array, ""],
                mesh: Mesh | None) -> tuple[Int[Array, " C"], Bool[Array, " C"]]:
-    """`select_dead` at the largest buffer, once for every buffer size, on the whole dead mask.
-
-    A smaller buffer is used only when every dead latent fits in it, and then the largest
-    buffer's window starts at rank 0: its first `size` slots are that buffer's ids. Selected
-    inside each buffer's branch from the feature-sharded mask, the cumulative sum and the
-    compaction took two all-gathers of [F] and three all-reduces per branch on a 2×4 mesh (each a
-    barrier of every device); here one all-gather of the mask, and the rest runs on each device."""
+    """`select_dead` on the whole dead mask, gathered from its feature shards first. On the
+    sharded mask, the cumulative sum and the compaction took two all-gathers of [F] and three
+    all-reduces on a 2×4 mesh, each a barrier of every device; here one all-gather, and the rest
+    runs on each device."""
     if model_size(mesh) > 1:
         dead = lax.with_sharding_constraint(dead, jax.sharding.NamedSharding(mesh, P()))
-    return select_dead(dead, dead_buffer_sizes(cfg, mesh)[-1], step)
+    return select_dead(dead, capacity, step)
 
 
-def _aux_k_at_capacity(capacity: int, params, x, residual, baseline, slots_of_dead, cfg: SAEConfig,
-                       mesh: Mesh | None, pre_acts) -> tuple[Float[Array, ""], Int[Array, ""]]:
+def _aux_k_at_capacity(capacity: int, params, x, residual, dead, step, cfg: SAEConfig, mesh: Mesh | None,
+                       pre_acts) -> tuple[Float[Array, ""], Int[Array, ""]]:
     """AuxK with a buffer of `capacity` slots (something is dead)."""
-    ids, valid = (a[:capacity] for a in slots_of_dead)
-    return _aux_k_on_slots(_slot_params(params, ids, mesh), params.b_dec, ids, valid, x, residual, baseline, cfg,
-                           mesh, pre_acts)
+    ids, valid = dead_slots(dead, capacity, step, mesh)
+    return _aux_k_on_slots(_slot_params(params, ids, mesh), params.b_dec, ids, valid, x, residual, cfg, mesh,
+                           pre_acts)
 
 
 def pad_slots(a: Array, axis: int, capacity: int, m: int, fill=0) -> Array:
@@ -300,11 +293,9 @@ def aux_k_loss(
     Differentiable; the train step takes its gradient with `add_aux_k_gradient` instead, which
     keeps autodiff out of the buffer switch."""
     sizes = dead_buffer_sizes(cfg, mesh)
-    slots_of_dead, baseline = dead_slots(dead, step, cfg, mesh), trivial_error(residual)
 
     def with_buffer(capacity):
-        return lambda _: _aux_k_at_capacity(capacity, params, x, residual, baseline, slots_of_dead, cfg, mesh,
-                                            pre_acts)
+        return lambda _: _aux_k_at_capacity(capacity, params, x, residual, dead, step, cfg, mesh, pre_acts)
 
     def nothing_dead(_):
         return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
@@ -334,15 +325,13 @@ def add_aux_k_gradient(
     sizes = dead_buffer_sizes(cfg, mesh)
     capacity, m = sizes[-1], model_size(mesh)
     n_features = params.W_enc.shape[1]
-    slots_of_dead, baseline = dead_slots(dead, step, cfg, mesh), trivial_error(residual)
 
     def with_buffer(size):
         def run(_):
-            ids, valid = (a[:size] for a in slots_of_dead)
+            ids, valid = dead_slots(dead, size, step, mesh)
 
             def weighted(slots, b_dec):
-                loss, reached = _aux_k_on_slots(slots, b_dec, ids, valid, x, residual, baseline, cfg, mesh,
-                                                pre_acts)
+                loss, reached = _aux_k_on_slots(slots, b_dec, ids, valid, x, residual, cfg, mesh, pre_acts)
                 return weight * loss, (loss, reached)
 
             (_, (loss, reached)), (d_slots, d_b_dec) = jax.value_and_grad(weighted, argnums=(0, 1), has_aux=True)(
