@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call (issue 18): AuxK's cost with 5 % of latents dead on the lent GPU, as
 # `jaxdict bench steady` measures it on the CPU (the dead step against the same step without AuxK,
-# the fresh step, a logged step; a sweep axis of 4 in the first run; alternating rounds, one device). Three runs:
-# the CPU benchmark's shape (d 640, F 16,384, B 4,096, k 64) with its fp32 sparse step, the same
+# the fresh step, a logged step; a sweep axis of 4 in the first run; alternating rounds, one
+# device). Three runs: the CPU benchmark's shape (d 640, F 16,384, B 4,096, k 64) with its fp32 sparse step, the same
 # shape as a GPU user runs it (bf16 matmuls, dense decode), and a Gemma 2 2B-sized SAE (d 2304,
 # F 65,536). Run from the repository root with the wheels grain, array_record, portpicker,
 # tensorboardX and gguf in .whl/ (the image lacks them); results land in $OUT.
