@@ -2,16 +2,14 @@
 # One device call (issue 18): AuxK's cost with 5 % of latents dead on the lent GPU, as
 # `jaxdict bench steady` measures it on the CPU (the dead step against the same step without AuxK,
 # the fresh step, a logged step; a sweep axis of 4 in the first run; alternating rounds, one
-# device). Three runs: the CPU benchmark's shape (d 640, F 16,384, B 4,096, k 64) with its fp32 sparse step, the same
-# shape as a GPU user runs it (bf16 matmuls, dense decode), and a Gemma 2 2B-sized SAE (d 2304,
-# F 65,536). Run from the repository root with the wheels grain, array_record, portpicker,
-# tensorboardX and gguf in .whl/ (the image lacks them); results land in $OUT.
+# device). Three runs: the CPU benchmark's shape (d 640, F 16,384, B 4,096, k 64) with its fp32
+# sparse step, the same shape as a GPU user runs it (bf16 matmuls, dense decode), and a Gemma 2
+# 2B-sized SAE (d 2304, F 65,536). Run from the repository root with the wheels gpu_env.sh names
+# in .whl/; results land in $OUT.
 set -uo pipefail
-OUT=${OUT:-/tmp/gpu_auxk}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
+OUT=${OUT:-/tmp/gpu_auxk}
+# shellcheck source=experiments/gpu_env.sh
+source experiments/gpu_env.sh
 steady() {
   local name=$1; shift
   timeout 200 python3 -m jaxdict.cli bench steady --mesh 1x1 --rounds 21 --json "$OUT/$name.json" "$@" 2>&1 \

@@ -4,11 +4,9 @@
 # (0.11.x; we develop on 0.10.x). Run from the repository root with the wheels grain, array_record,
 # portpicker, tensorboardX and gguf in .whl/ (the image lacks them); results land in $OUT.
 set -uo pipefail
-OUT=${OUT:-/tmp/gpu_check}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
+OUT=${OUT:-/tmp/gpu_check}
+# shellcheck source=experiments/gpu_env.sh
+source experiments/gpu_env.sh
 timeout 300 python3 -m jaxdict.cli bench step --dtype bfloat16 --d-in 2304 --features 65536 --batch-size 4096 \
   --k 64 --iters 20 --dead-frac 0.25 --json "$OUT/bench_step_h200.json" 2>&1 | tee "$OUT/bench_step.log"
 echo "bench rc=$?"
