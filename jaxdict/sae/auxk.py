@@ -4,8 +4,8 @@ The dead latents' ids go into a small buffer of C slots (C ≥ their number, fro
 `dead_buffer_sizes`); their pre-activations z[:, buffer] and decoder rows are gathered, the top k_aux
 per token are picked among them and decoded with a [B, C] @ [C, d] matmul. Four B·C·d matmuls
 (the decode, three backward; on one device the pre-activations are read from the forward pass,
-sharded they are recomputed, a fifth) instead of a top-k
-over all F columns of every row: at 5 % dead that is ~4·C/F of the encoder's B·d·F matmul.
+sharded they are recomputed, a fifth) instead of a top-k over all F columns of every row: at 5 %
+dead that is ~4·C/F of the encoder's B·d·F matmul.
 
 The train step takes AuxK's gradient inside each branch of the buffer-size switch and adds it
 outside (`add_aux_k_gradient`): differentiating through a lax.switch costs every step the other
