@@ -25,6 +25,7 @@ import json
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxdict.bench.steady_state import make_variant, ratio_ranges
@@ -71,9 +72,9 @@ def through_switch(module=None):
     older auxk.py without add_aux_k_gradient run in today's step."""
     module = module or load_copy(auxk_now.__file__, "auxk_through_switch")
 
-    def add_aux_k_gradient(grads, params, x, residual, dead, step, n_dead_max, cfg, mesh, pre_acts, weight):
+    def add_aux_k_gradient(grads, params, x, residual, dead, step, aux_demand, cfg, mesh, pre_acts, weight):
         def weighted(p):
-            loss, counts = module.aux_k_loss(p, x, residual, dead, step, n_dead_max, cfg, mesh, pre_acts=pre_acts)
+            loss, counts = module.aux_k_loss(p, x, residual, dead, step, aux_demand, cfg, mesh, pre_acts=pre_acts)
             return weight * loss, (loss, counts)
 
         (_, (loss, counts)), aux_grads = jax.value_and_grad(weighted, has_aux=True)(params)
@@ -103,6 +104,8 @@ def main() -> None:
     specs = [("no-AuxK", dataclasses.replace(cfg, aux_coeff=0.0), args.dead_frac, auxk_now)]
     if args.before:
         before = load_copy(args.before, "auxk_before")
+        if not hasattr(before, "buffer_demand"):  # before per-shard slots: sized by the dead count
+            before.buffer_demand = lambda dead, mesh: jnp.max(jnp.sum(dead, axis=-1, dtype=jnp.int32))
         if not hasattr(before, "add_aux_k_gradient"):
             before = through_switch(before)
         specs.append(("AuxK before", cfg, args.dead_frac, before))

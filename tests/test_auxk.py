@@ -62,7 +62,7 @@ def forward_preacts(params, x, mesh, read_preacts):
 
 def buffered_loss(params, x, residual, dead, cfg, mesh=None, step=0, read_preacts=False):
     """AuxK through the buffer, differentiable through its switch."""
-    loss, _ = auxk.aux_k_loss(params, x, residual, dead, jnp.int32(step), jnp.sum(dead, dtype=jnp.int32),
+    loss, _ = auxk.aux_k_loss(params, x, residual, dead, jnp.int32(step), auxk.buffer_demand(dead, mesh),
                               cfg, mesh, pre_acts=forward_preacts(params, x, mesh, read_preacts))
     return loss
 
@@ -72,7 +72,7 @@ def added_loss_and_grads(params, x, residual, dead, cfg, mesh=None, step=0, read
     that is wrong anywhere shows), with weight 1; returns the loss and the added part."""
     ones = jax.tree.map(jnp.ones_like, params)
     grads, loss, _ = auxk.add_aux_k_gradient(ones, params, x, residual, dead, jnp.int32(step),
-                                             jnp.sum(dead, dtype=jnp.int32), cfg, mesh,
+                                             auxk.buffer_demand(dead, mesh), cfg, mesh,
                                              forward_preacts(params, x, mesh, read_preacts), jnp.float32(1.0))
     return loss, jax.tree.map(lambda g: g - 1.0, grads)
 
@@ -166,27 +166,73 @@ def test_buffer_sizes_and_the_size_a_step_uses():
         assert int(auxk.bucket_index(jnp.int32(n_dead), sizes)) == want, n_dead
 
 
-# 40 > capacity 32: the rotating window.
-@pytest.mark.parametrize("mesh_shape,n_dead", [((1, 1), 27), ((2, 4), 0), ((2, 4), 27), ((2, 4), 40),
-                                               ((1, 8), 5), ((1, 8), 40)])
-def test_sharded_equals_unsharded(mesh_shape, n_dead):
+def candidates_by_shard(dead: np.ndarray, capacity: int, m: int, step: int) -> np.ndarray:
+    """The dead latents AuxK may pick at `step` with features split in m blocks, written plainly:
+    each block fills its own slots, as many as the fullest block needs (from the sizes of
+    dead_buffer_sizes) up to capacity/m; a block with more dead than that takes the window of ranks
+    [start, start + slots) among its own, start = (step mod ⌈n/slots⌉)·slots."""
+    blocks = dead.reshape(m, -1)
+    demand = m * blocks.sum(axis=1).max()
+    sizes = [c for c in auxk.dead_buffer_sizes(CFG_FOR_SIZES[capacity], MESH_FOR_SIZES[m]) if c >= demand]
+    slots = (sizes[0] if sizes else capacity) // m
+    out = np.zeros_like(blocks)
+    for b, block in enumerate(blocks):
+        ids = np.flatnonzero(block)
+        start = (step % max(-(-len(ids) // slots), 1)) * slots
+        out[b, ids[start:start + slots]] = True
+    return out.reshape(-1)
+
+
+CFG_FOR_SIZES = {32: make_case()[0]}
+MESH_FOR_SIZES = {m: make_mesh(8 // m, m, devices=jax.devices()[:8]) for m in (1, 4, 8)}
+
+
+# Features in blocks of 16 (2×4) or 8 (1×8) with 32 slots in all: a block fits 8 or 4 dead
+# latents; 27 and 40 dead overflow some blocks (their windows rotate), 5 on 1×8 may not.
+@pytest.mark.parametrize("mesh_shape,n_dead", [((1, 1), 27), ((2, 4), 0), ((2, 4), 20), ((2, 4), 27),
+                                               ((2, 4), 40), ((1, 8), 5), ((1, 8), 40)])
+def test_sharded_equals_exact_topk_over_each_shards_dead(mesh_shape, n_dead):
+    """Sharded AuxK (each `model` shard filling its own slots from its own features) equals the
+    exact top-k_aux over the candidates `candidates_by_shard` names, ties included; with no shard
+    over its slots, that is every dead latent, as unsharded."""
     cfg, params, x, residual = make_case(seed=11, tie=True)
     dead = jnp.zeros(N_FEATURES, bool).at[jax.random.permutation(jax.random.PRNGKey(9), N_FEATURES)[:n_dead]].set(True)
     dead = dead.at[jnp.array([10, 20, 30])].set(n_dead > 0)  # keep the tied latents in play
-    want, want_g = buffered_vg(params, x, residual, dead, cfg, None, 1, False)
+    m = mesh_shape[1]
+    chosen = candidates_by_shard(np.asarray(dead), cfg.effective_aux_capacity, m, step=1)
+    if n_dead == 20:
+        assert chosen.sum() == int(dead.sum()), "20 dead in blocks of 16 should fit their 8 slots"
+    if n_dead >= 27 and m > 1:
+        assert 0 < chosen.sum() < int(dead.sum()), "some block should overflow and rotate"
+    want, want_g = reference_vg(params, x, residual, jnp.asarray(chosen), cfg)
     n = mesh_shape[0] * mesh_shape[1]
     mesh = make_mesh(*mesh_shape, devices=jax.devices()[:n])
     p_sh = jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(cfg),
                                                is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)))
-    got, got_g = buffered_vg(p_sh, jax.device_put(x, batch_sharding(mesh)), jax.device_put(residual, batch_sharding(mesh)),
-                    jax.device_put(dead, NamedSharding(mesh, spec("features"))), cfg, mesh, 1, True)
-    np.testing.assert_allclose(got, want, rtol=1e-5)
-    assert_grads_close(got_g, want_g)
-    sharded_args = (p_sh, jax.device_put(x, batch_sharding(mesh)), jax.device_put(residual, batch_sharding(mesh)),
-                    jax.device_put(dead, NamedSharding(mesh, spec("features"))), cfg, mesh, 1, True)
-    added, added_g = added_vg(*sharded_args)
-    np.testing.assert_allclose(added, want, rtol=1e-5)
-    assert_grads_close(added_g, want_g)
+    sharded = (p_sh, jax.device_put(x, batch_sharding(mesh)), jax.device_put(residual, batch_sharding(mesh)),
+               jax.device_put(dead, NamedSharding(mesh, spec("features"))), cfg, mesh, 1)
+    for read_preacts in (True, False):
+        got, got_g = buffered_vg(*sharded, read_preacts)
+        if n_dead == 0:  # the step skips AuxK (the plain reference would score ê = 0)
+            assert float(got) == 0.0
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-5)
+            assert_grads_close(got_g, want_g)
+        added, added_g = added_vg(*sharded, read_preacts)
+        np.testing.assert_allclose(added, got, rtol=1e-5)
+        assert_grads_close(added_g, got_g)
+
+
+def test_the_fullest_shard_sets_the_buffer_size():
+    mesh = make_mesh(2, 4, devices=jax.devices()[:8])
+    dead = np.zeros(N_FEATURES, bool)
+    dead[[0, 1, 2, 20, 40]] = True  # 3 in the first block of 16, 1 in two others
+    assert int(auxk.buffer_demand(jnp.asarray(dead), mesh)) == 4 * 3
+    assert int(auxk.buffer_demand(jnp.asarray(dead), None)) == 5
+    # A sweep's stacked [members, F]: the fullest block of any member.
+    stacked = np.stack([dead, np.roll(dead, 16 * 3)])
+    stacked[1, 48:54] = True
+    assert int(auxk.buffer_demand(jnp.asarray(stacked), mesh)) == 4 * 6
 
 
 @pytest.mark.parametrize("arch,mesh_shape", [("topk", (1, 1)), ("topk", (2, 4)), ("batchtopk", (2, 4))])

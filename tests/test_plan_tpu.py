@@ -101,3 +101,25 @@ def test_unknown_topology_is_a_clear_error():
 
     assert main(["plan", "--topology", "v7x:2x2", "--config", "experiments/base.py:tiny"]) == 1
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [1, 4])
+def test_aux_k_recomputes_its_slot_preactivations_for_tpu_and_reads_them_on_cpu(model):
+    """AuxK's slot pre-activations: read from the forward pass's z by a row gather on XLA:CPU, where
+    the B·C·d matmul is the cost; recomputed by that matmul when compiled for TPU, where the gather
+    moved ~5× the step's HBM bytes (sae/auxk.py, BENCHMARKS.md "Ninth session"). Seen in the
+    compiled step: the gather's op names inside AuxK's buffer switch."""
+    import jax
+
+    from jaxdict.plan.devices import topology_devices
+    from jaxdict.plan.train_plan import lower_train_step
+
+    cfg = _cfg("topk", 1, model)
+
+    def gathers_in_aux_k_switch(devices) -> int:
+        text = lower_train_step(cfg, devices)[0].compile().as_text()
+        return sum(1 for line in text.splitlines() if "cond/branch_" in line and "take_along_axis" in line)
+
+    assert gathers_in_aux_k_switch(topology_devices(V5E_2X2)) == 0
+    assert gathers_in_aux_k_switch(jax.devices("cpu")[:model]) > 0

@@ -25,10 +25,10 @@ MESHES = [(1, 1), (2, 4), (8, 1), (1, 8)]
 OPTIM = OptimConfig(lr=1e-2, total_steps=10, sparsity_warmup_frac=0.0, adam_eps=1e-4)
 
 
-def reference_loss(params, x, cfg, mesh, *, sparsity_coeff, dead, step=None, n_dead_max=None):
+def reference_loss(params, x, cfg, mesh, *, sparsity_coeff, dead, step=None, aux_demand=None):
     """ReLU-L1 written out, differentiated by jax.grad (what sae_loss computed before the fusion).
     Takes sae_loss's whole signature, since run_steps substitutes it for sae_loss in the step."""
-    del mesh, dead, step, n_dead_max
+    del mesh, dead, step, aux_demand
     cdt = jnp.dtype(cfg.compute_dtype)
     z = jnp.dot(x.astype(cdt), params.W_enc.astype(cdt), preferred_element_type=jnp.float32) + params.b_enc
     f = jax.nn.relu(z)

@@ -22,11 +22,17 @@ MESHES = [(1, 1), (8, 1), (1, 8), (2, 4)]
 ARCH_CONFIGS = {
     "relu_l1": SAEConfig(arch="relu_l1", d_in=D_IN, n_features=N_FEATURES, l1_coeff=1.0),
     # dead_tokens=1: latents that miss one batch count as dead, so AuxK runs from step 2 on.
-    "topk_sparse": SAEConfig(arch="topk", d_in=D_IN, n_features=N_FEATURES, k=4, dead_tokens=1, decode="sparse"),
-    "topk_dense": SAEConfig(arch="topk", d_in=D_IN, n_features=N_FEATURES, k=4, dead_tokens=1, decode="dense"),
-    "batchtopk": SAEConfig(arch="batchtopk", d_in=D_IN, n_features=N_FEATURES, k=4, dead_tokens=1, decode="sparse"),
+    # aux_capacity=F: every dead latent has a slot on every mesh. With more dead than a `model`
+    # shard's slots, each shard rotates its own window and meshes differ (sae/auxk.py; that
+    # case is tests/test_auxk.py's).
+    "topk_sparse": SAEConfig(arch="topk", d_in=D_IN, n_features=N_FEATURES, k=4, dead_tokens=1, decode="sparse",
+                             aux_capacity=N_FEATURES),
+    "topk_dense": SAEConfig(arch="topk", d_in=D_IN, n_features=N_FEATURES, k=4, dead_tokens=1, decode="dense",
+                            aux_capacity=N_FEATURES),
+    "batchtopk": SAEConfig(arch="batchtopk", d_in=D_IN, n_features=N_FEATURES, k=4, dead_tokens=1, decode="sparse",
+                           aux_capacity=N_FEATURES),
     "batchtopk_dense": SAEConfig(arch="batchtopk", d_in=D_IN, n_features=N_FEATURES, k=4, dead_tokens=1,
-                                 decode="dense"),
+                                 decode="dense", aux_capacity=N_FEATURES),
     "jumprelu": SAEConfig(arch="jumprelu", d_in=D_IN, n_features=N_FEATURES, target_l0=6),
     "jumprelu_l0": SAEConfig(arch="jumprelu", d_in=D_IN, n_features=N_FEATURES, l0_coeff=0.05,
                              jumprelu_penalty="l0", jumprelu_bandwidth=0.1, jumprelu_init_threshold=0.1),

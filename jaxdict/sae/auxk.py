@@ -3,8 +3,8 @@
 The dead latents' ids go into a small buffer of C slots (C ≥ their number, from a few fixed sizes;
 `dead_buffer_sizes`); their pre-activations z[:, buffer] and decoder rows are gathered, the top k_aux
 per token are picked among them and decoded with a [B, C] @ [C, d] matmul. Four B·C·d matmuls
-(the decode, three backward; on one device the pre-activations are read from the forward pass,
-sharded they are recomputed, a fifth) instead of a top-k over all F columns of every row: at 5 %
+(the decode, three backward; on the CPU the pre-activations are read from the forward pass, on
+accelerators they are recomputed, a fifth) instead of a top-k over all F columns of every row: at 5 %
 dead that is ~4·C/F of the encoder's B·d·F matmul.
 
 The train step takes AuxK's gradient inside each branch of the buffer-size switch and adds it
@@ -17,9 +17,16 @@ more dead latents than the largest buffer holds, the candidates are a window of 
 order that moves by C every step (by rank among the dead), so each dead latent is a candidate once
 every ⌈n_dead / C⌉ steps.
 
-Sharded (features over `model`): the buffer's slots are split over `model` too; each shard gathers
-the weights of the ids it owns and a psum-scatter hands every shard its C/m slots (d·C floats move,
-not the d·F weights).
+Sharded (features over `model`): every shard fills its own C/m slots with dead latents of its own
+block of features, so their weights, pre-activations and gradients are read and written where they
+live, with no collective; only the per-row selection over all C slots moves [B, C] data (two
+all-to-alls, sae/row_topk.py). The buffer size is then set by the fullest shard: m × its dead count
+(`buffer_demand`). With more dead than a shard's C/m slots, that shard's window moves as above,
+by C/m among its own dead: the result is the same on every mesh only while every shard's dead fit
+(always, with aux_capacity = F). The gathered alternative (slots taken from whichever shard owns
+each id) moved a psum-scatter of the slots' weights and an all-gather of their gradients every
+step: compiled for 16 TPU v5p chips at d 2,304, F 2^20, that was 2.9 GB of collectives per device
+per step, against 0.4 GB now (BENCHMARKS.md, "Ninth session").
 """
 from __future__ import annotations
 
@@ -55,10 +62,20 @@ def dead_buffer_sizes(cfg: SAEConfig, mesh: Mesh | None = None) -> tuple[int, ..
     return tuple(sorted(sizes))
 
 
-def bucket_index(n_dead: Int[Array, ""], sizes: tuple[int, ...]) -> Int[Array, ""]:
-    """0 when nothing is dead, else 1 + the index of the smallest size holding n_dead (or the last)."""
-    fits = jnp.sum(n_dead > jnp.asarray(sizes[:-1], jnp.int32), dtype=jnp.int32)
-    return jnp.where(n_dead > 0, 1 + fits, 0)
+def buffer_demand(dead: Bool[Array, "... F"], mesh: Mesh | None) -> Int[Array, ""]:
+    """The buffer size `dead` needs: m × the most dead latents in any `model` shard's block of
+    features (and in any member of leading axes, a sweep's), since each shard fills its own C/m
+    slots from its own block (`dead_slots`). Unsharded, the dead count. Dead latents of a trained
+    SAE are spread evenly over feature ids (nothing orders them), so this is close to the count."""
+    m = model_size(mesh)
+    blocks = dead.reshape(dead.shape[:-1] + (m, dead.shape[-1] // m))
+    return m * jnp.max(jnp.sum(blocks, axis=-1, dtype=jnp.int32))
+
+
+def bucket_index(demand: Int[Array, ""], sizes: tuple[int, ...]) -> Int[Array, ""]:
+    """0 when nothing is dead, else 1 + the index of the smallest size holding `demand` (or the last)."""
+    fits = jnp.sum(demand > jnp.asarray(sizes[:-1], jnp.int32), dtype=jnp.int32)
+    return jnp.where(demand > 0, 1 + fits, 0)
 
 
 def select_dead(dead: Bool[Array, " F"], capacity: int, step: Int[Array, ""]) -> tuple[Array, Array]:
@@ -76,13 +93,20 @@ def select_dead(dead: Bool[Array, " F"], capacity: int, step: Int[Array, ""]) ->
     return ids, valid
 
 
-def preact_slots(pre_acts: Float[Array, "B F"], ids: Int[Array, " C"]) -> Float[Array, "B C"]:
-    """pre_acts[:, ids] on one device, taken row by row (each row's C entries, the result row-major):
-    `jnp.take` of whole columns writes them as [C, B] and every reader of the result fused a
-    transpose back: 2.6× slower side by side (on a loaded machine) at B 4,096, F 16,384, C 1,024
-    with three readers, as AuxK has (BENCHMARKS.md, "Seventh session")."""
-    per_row = jnp.broadcast_to(ids[None, :], (pre_acts.shape[0], ids.shape[0]))
-    return jnp.take_along_axis(pre_acts, per_row, axis=1, mode="promise_in_bounds")
+def preact_slots(pre_acts: Float[Array, "B F"], ids: Int[Array, " C"], mesh: Mesh | None) -> Float[Array, "B C"]:
+    """pre_acts[:, ids], taken row by row (each row's C entries, the result row-major): `jnp.take`
+    of whole columns writes them as [C, B] and every reader of the result fused a transpose back:
+    2.6× slower side by side (on a loaded machine) at B 4,096, F 16,384, C 1,024 with three
+    readers, as AuxK has (BENCHMARKS.md, "Seventh session"). Split over `model`, each shard reads
+    its own slots from its own block of z (`dead_slots`)."""
+    def take(z, rows):
+        per_row = jnp.broadcast_to(rows[None, :], (z.shape[0], rows.shape[0]))
+        return jnp.take_along_axis(z, per_row, axis=1, mode="promise_in_bounds")
+
+    if model_size(mesh) == 1:
+        return take(pre_acts, ids)
+    return jax.shard_map(lambda z, ids_: take(z, _local_rows(ids_, z.shape[1])), mesh=mesh,
+                         in_specs=(P(DATA, MODEL), P(MODEL)), out_specs=P(DATA, MODEL))(pre_acts, ids)
 
 
 def selection_mask(z_slots: Float[Array, "B C"], valid: Bool[Array, " C"], k_aux: int,
@@ -151,31 +175,24 @@ slot_preacts.defvjp(_slot_preacts_fwd, _slot_preacts_bwd)
 
 def _slot_params(params, ids: Int[Array, " C"], mesh: Mesh | None) -> tuple[Array, Array, Array]:
     """The buffer's encoder columns [d_in, C], decoder rows [C, d_out] and encoder biases [C], the
-    slot axis split over `model`. Sharded, the three go in one psum-scatter of [C, d_in + d_out + 1]
-    (one collective instead of three, each a rendezvous of every device)."""
+    slot axis split over `model`; each shard takes its own slots from its own block."""
     if model_size(mesh) == 1:
         return (jnp.take(params.W_enc, ids, axis=1), jnp.take(params.W_dec, ids, axis=0),
                 jnp.take(params.b_enc, ids, axis=0))
-    d_in = params.W_enc.shape[0]
 
     def local(W_enc, W_dec, b_enc, ids_):
-        rows, here = _rows_here(ids_, W_dec.shape[0])
-        rows = jnp.clip(rows, 0, W_dec.shape[0] - 1)
-        taken = jnp.concatenate([jnp.take(W_enc, rows, axis=1).T, jnp.take(W_dec, rows, axis=0),
-                                 jnp.take(b_enc, rows, axis=0)[:, None]], axis=1)
-        slots = lax.psum_scatter(jnp.where(here[:, None], taken, jnp.zeros_like(taken)), MODEL,
-                                 scatter_dimension=0, tiled=True)
-        return slots[:, :d_in].T, slots[:, d_in:-1], slots[:, -1]
+        rows = _local_rows(ids_, W_dec.shape[0])
+        return jnp.take(W_enc, rows, axis=1), jnp.take(W_dec, rows, axis=0), jnp.take(b_enc, rows, axis=0)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(None, MODEL), P(MODEL, None), P(MODEL), P()),
-                         out_specs=(P(None, MODEL), P(MODEL, None), P(MODEL)))(
+    specs = (P(None, MODEL), P(MODEL, None), P(MODEL))
+    return jax.shard_map(local, mesh=mesh, in_specs=specs + (P(MODEL),), out_specs=specs)(
         params.W_enc, params.W_dec, params.b_enc, ids)
 
 
-def _rows_here(ids: Int[Array, " C"], n_local: int) -> tuple[Array, Array]:
-    """Feature ids as rows of this `model` shard's block, and which of them live here."""
-    rows = ids - lax.axis_index(MODEL) * n_local
-    return rows, (rows >= 0) & (rows < n_local)
+def _local_rows(ids: Int[Array, " c"], n_local: int) -> Int[Array, " c"]:
+    """This `model` shard's slot ids as rows of its block of features (`dead_slots` gives every
+    shard ids of its own block; an id past the block, as the padding's F, stays past it)."""
+    return ids - lax.axis_index(MODEL) * n_local
 
 
 def _aux_k_on_slots(slots, b_dec, ids, valid, x, residual, cfg: SAEConfig, mesh: Mesh | None,
@@ -189,13 +206,15 @@ def _aux_k_on_slots(slots, b_dec, ids, valid, x, residual, cfg: SAEConfig, mesh:
     cdt = jnp.dtype(cfg.compute_dtype)
     if uses_pre_encoder_bias(cfg):
         bias = bias - b_dec @ W_enc  # (x − b_dec) W + b, folded as in forward.py
-    if pre_acts is None or model_size(mesh) > 1:
-        # Split over `model`, reading the slots takes a psum-scatter of a [B/data, C] array (mostly
-        # zeros) on every device; the [B/data, d] @ [d, C/model] matmul on each device's own slots
-        # measured 0.94× and 0.98× of the step that read them, side by side on 2×4 (BENCHMARKS.md).
+    if pre_acts is None or not row_topk.runs_on_cpu(mesh):
+        # Off the CPU the B·C·d matmul is cheap and the row gather from z is not: compiled for TPU
+        # v5p (`jaxdict plan`, XLA's cost analysis), the step that read the slots moved 388 GB of
+        # HBM against 78 GB recomputing them (d 2,304, F 131,072, B 4,096, one chip) and 221 against
+        # 62 GB split over 16 chips (F 2^20, B 8,192); BENCHMARKS.md, "Ninth session". On XLA:CPU
+        # the matmul is the cost: there reading is cheaper on one device and even on 2×4.
         z = jnp.dot(x.astype(cdt), W_enc.astype(cdt), preferred_element_type=jnp.float32) + bias
     else:
-        z_slots = preact_slots(lax.stop_gradient(pre_acts), ids)
+        z_slots = preact_slots(lax.stop_gradient(pre_acts), ids, mesh)
         z = slot_preacts(x.astype(jnp.float32), W_enc, bias, z_slots)
     z = constrain_sharding(z, mesh, P(DATA, MODEL))
     picked = selection_mask(z, valid, k_aux, mesh)
@@ -211,13 +230,21 @@ def _aux_k_on_slots(slots, b_dec, ids, valid, x, residual, cfg: SAEConfig, mesh:
 
 def dead_slots(dead: Bool[Array, " F"], capacity: int, step: Int[Array, ""],
                mesh: Mesh | None) -> tuple[Int[Array, " C"], Bool[Array, " C"]]:
-    """`select_dead` on the whole dead mask, gathered from its feature shards first. On the
-    sharded mask, the cumulative sum and the compaction took two all-gathers of [F] and three
-    all-reduces on a 2×4 mesh, each a barrier of every device; here one all-gather, and the rest
-    runs on each device."""
-    if model_size(mesh) > 1:
-        dead = lax.with_sharding_constraint(dead, jax.sharding.NamedSharding(mesh, P()))
-    return select_dead(dead, capacity, step)
+    """`select_dead`: the buffer's feature ids and which slots hold one. Split over `model`, each
+    shard runs it on its own block of the dead mask for its own capacity/m slots (ids of its own
+    features, in order, so the slots run in feature order shard by shard, the order lax.top_k
+    breaks ties by). No collective: gathering the sharded slots from whichever shard owned each
+    id took a psum-scatter of their weights and an all-gather of their gradients on every step,
+    and the mask's cumulative sum two all-gathers of [F] and three all-reduces."""
+    m = model_size(mesh)
+    if m == 1:
+        return select_dead(dead, capacity, step)
+
+    def local(block, step_):
+        rows, valid = select_dead(block, capacity // m, step_)
+        return rows + lax.axis_index(MODEL) * block.shape[0], valid
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(MODEL), P()), out_specs=(P(MODEL), P(MODEL)))(dead, step)
 
 
 def _aux_k_at_capacity(capacity: int, params, x, residual, dead, step, cfg: SAEConfig, mesh: Mesh | None,
@@ -245,27 +272,21 @@ def pad_slots(a: Array, axis: int, capacity: int, m: int, fill=0) -> Array:
 def add_slot_gradients(grads, d_slots: tuple[Array, Array, Array], ids: Int[Array, " C"], mesh: Mesh | None):
     """grads + the slot gradients (d W_enc [d_in, C], d W_dec [C, d_out], d b_enc [C]) added at the
     feature ids `ids` (ids ≥ the feature count are dropped), in place: the transpose of
-    `_slot_params`. Sharded: one all-gather of the slots' [C, d_in + d_out + 1] and each shard adds
-    the ids it owns."""
+    `_slot_params`. Sharded, each shard adds its own slots to its own block."""
     d_W_enc, d_W_dec, d_b_enc = d_slots
     if model_size(mesh) == 1:
         return grads.replace(W_enc=grads.W_enc.at[:, ids].add(d_W_enc.astype(grads.W_enc.dtype), mode="drop"),
                              W_dec=grads.W_dec.at[ids].add(d_W_dec.astype(grads.W_dec.dtype), mode="drop"),
                              b_enc=grads.b_enc.at[ids].add(d_b_enc.astype(grads.b_enc.dtype), mode="drop"))
-    d_in = grads.W_enc.shape[0]
 
     def local(W_enc, W_dec, b_enc, g_W_enc, g_W_dec, g_b_enc, ids_):
-        n_local = W_dec.shape[0]
-        slots = lax.all_gather(jnp.concatenate([g_W_enc.T, g_W_dec, g_b_enc[:, None]], axis=1), MODEL,
-                               axis=0, tiled=True)
-        rows, here = _rows_here(ids_, n_local)
-        rows = jnp.where(here, rows, n_local)  # other shards' ids (and the padding): out of range, dropped
-        return (W_enc.at[:, rows].add(slots[:, :d_in].T.astype(W_enc.dtype), mode="drop"),
-                W_dec.at[rows].add(slots[:, d_in:-1].astype(W_dec.dtype), mode="drop"),
-                b_enc.at[rows].add(slots[:, -1].astype(b_enc.dtype), mode="drop"))
+        rows = _local_rows(ids_, W_dec.shape[0])  # the padding's F lands past every block: dropped
+        return (W_enc.at[:, rows].add(g_W_enc.astype(W_enc.dtype), mode="drop"),
+                W_dec.at[rows].add(g_W_dec.astype(W_dec.dtype), mode="drop"),
+                b_enc.at[rows].add(g_b_enc.astype(b_enc.dtype), mode="drop"))
 
     specs = (P(None, MODEL), P(MODEL, None), P(MODEL))
-    W_enc, W_dec, b_enc = jax.shard_map(local, mesh=mesh, in_specs=specs + specs + (P(),), out_specs=specs)(
+    W_enc, W_dec, b_enc = jax.shard_map(local, mesh=mesh, in_specs=specs + specs + (P(MODEL),), out_specs=specs)(
         grads.W_enc, grads.W_dec, grads.b_enc, d_W_enc, d_W_dec, d_b_enc, ids)
     return grads.replace(W_enc=W_enc, W_dec=W_dec, b_enc=b_enc)
 
@@ -276,7 +297,7 @@ def _counts(dead, reached) -> dict[str, Array]:
 
 def aux_k_loss(
     params, x: Float[Array, "B d"], residual: Float[Array, "B d"], dead: Bool[Array, " F"],
-    step: Int[Array, ""], n_dead_max: Int[Array, ""], cfg: SAEConfig, mesh: Mesh | None,
+    step: Int[Array, ""], demand: Int[Array, ""], cfg: SAEConfig, mesh: Mesh | None,
     pre_acts: Float[Array, "B F"] | None = None,
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
     """AuxK: reconstruct the (detached) residual e = x − x̂ from each token's k_aux largest dead
@@ -285,10 +306,10 @@ def aux_k_loss(
     `aux_grad_latents` (dead latents picked for some token with a nonzero derivative, i.e. that
     receive an AuxK gradient).
 
-    `n_dead_max` picks the buffer size (the largest dead count over a sweep axis, so that under
-    vmap the lax.switch stays a switch: with nothing dead anywhere the step skips AuxK).
+    `demand` picks the buffer size (`buffer_demand`; over a sweep axis, of all its members, so
+    that under vmap the lax.switch stays a switch: with nothing dead anywhere the step skips AuxK).
     `pre_acts`: the forward pass's z [B, F] (x W_enc + b_enc − b_dec W_enc), whose slots are read
-    instead of recomputed on one device; None, or features split over `model`, recomputes them.
+    instead of recomputed on XLA:CPU; None, or another platform, recomputes them.
 
     Differentiable; the train step takes its gradient with `add_aux_k_gradient` instead, which
     keeps autodiff out of the buffer switch."""
@@ -301,13 +322,13 @@ def aux_k_loss(
         return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
 
     branches = [nothing_dead] + [with_buffer(c) for c in sizes]
-    loss, reached = lax.switch(bucket_index(n_dead_max, sizes), branches, None)
+    loss, reached = lax.switch(bucket_index(demand, sizes), branches, None)
     return loss, _counts(dead, reached)
 
 
 def add_aux_k_gradient(
     grads, params, x: Float[Array, "B d"], residual: Float[Array, "B d"], dead: Bool[Array, " F"],
-    step: Int[Array, ""], n_dead_max: Int[Array, ""], cfg: SAEConfig, mesh: Mesh | None,
+    step: Int[Array, ""], demand: Int[Array, ""], cfg: SAEConfig, mesh: Mesh | None,
     pre_acts: Float[Array, "B F"] | None, weight: Float[Array, ""],
 ) -> tuple[Any, Float[Array, ""], dict[str, Array]]:
     """`grads` + ∂(weight · aux_k_loss)/∂params, aux_k_loss's value and counts: the same numbers as
@@ -352,7 +373,7 @@ def add_aux_k_gradient(
 
     branches = [nothing_dead] + [with_buffer(c) for c in sizes]
     (d_W_enc, d_W_dec, d_b_enc, ids), d_b_dec, loss, reached = lax.switch(
-        bucket_index(n_dead_max, sizes), branches, None)
+        bucket_index(demand, sizes), branches, None)
     grads = add_slot_gradients(grads, (d_W_enc, d_W_dec, d_b_enc), ids, mesh)
     grads = grads.replace(b_dec=grads.b_dec + d_b_dec.astype(grads.b_dec.dtype))
     return grads, loss, _counts(dead, reached)

@@ -8,12 +8,13 @@ from typing import Literal
 ARCHITECTURES = ("relu_l1", "topk", "batchtopk", "jumprelu")
 DecodeMode = Literal["auto", "dense", "sparse"]
 
-# Default ceiling of AuxK's dead-latent buffer (slots). Sharded, each device builds the [B, C] slot
-# block of the pre-activations before a psum-scatter hands it its C/m columns, so C bounds a per-device
-# temporary: with C = F/8 the 16M TopK's plan (B 8192) needed 176 GB of temporaries per v5p chip on
-# any slice (experiments/results/scale_plans.md); 2^16 slots keep that block at 2.1 GB. Above
-# F = 512k the buffer then holds a moving window of the dead set (each dead latent is a candidate
-# every ⌈n_dead / C⌉ steps).
+# Default ceiling of AuxK's dead-latent buffer (slots). C bounds per-device temporaries: each device
+# holds its [B/data, C/m] block of the slots' pre-activations and, for the per-row selection, whole
+# rows [B/(data·m), C] (sae/auxk.py, sae/row_topk.py). An earlier design built all [B/data, C] on every
+# device before a psum-scatter: with C = F/8 the 16M TopK's plan (B 8192) then needed 176 GB of
+# temporaries per v5p chip on any slice (experiments/results/scale_plans.md). Above F = 512k the
+# buffer holds a moving window of the dead set (each dead latent is a candidate every
+# ⌈n_dead / C⌉ steps).
 AUX_CAPACITY_MAX = 1 << 16
 
 

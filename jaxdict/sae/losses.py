@@ -86,14 +86,15 @@ def uses_aux_k(cfg: SAEConfig) -> bool:
     return cfg.arch in ("topk", "batchtopk")
 
 
-def _aux_k_inputs(x, out: ForwardOutput, cfg: SAEConfig, dead, step, n_dead_max):
+def _aux_k_inputs(x, out: ForwardOutput, cfg: SAEConfig, mesh: Mesh | None, dead, step, aux_demand):
     """AuxK's inputs from the batch and the forward pass: (encoder input, detached residual of the
-    target, step, buffer-sizing dead count, weight against the main term)."""
+    target, step, the buffer size its dead latents need (auxk.buffer_demand), weight against the
+    main term)."""
     x, target = split_batch(x, cfg)
     residual = jax.lax.stop_gradient(target.astype(jnp.float32) - out.x_hat)
-    n_dead = jnp.sum(dead, dtype=jnp.int32) if n_dead_max is None else n_dead_max
+    demand = auxk.buffer_demand(dead, mesh) if aux_demand is None else aux_demand
     step = jnp.int32(0) if step is None else step
-    return x, residual, step, n_dead, cfg.aux_coeff * _data_variance(target)
+    return x, residual, step, demand, cfg.aux_coeff * _data_variance(target)
 
 
 def _runs_aux_k(cfg: SAEConfig, parts: dict[str, Array], dead) -> bool:
@@ -116,13 +117,13 @@ def sae_loss(
     sparsity_coeff: Float[Array, ""],
     dead: Bool[Array, " F"],
     step: Int[Array, ""] | None = None,
-    n_dead_max: Int[Array, ""] | None = None,
+    aux_demand: Int[Array, ""] | None = None,
 ) -> tuple[Float[Array, ""], tuple[ForwardOutput, dict[str, Array]]]:
     """Total loss and its parts on a normalised batch x (an SAE's [B, d_in], a transcoder's
     [B, d_in + d_out] rows [x | y], see sae/transcoder.py). `sparsity_coeff` is λ (ReLU-L1, after warm-up) or the L0/tanh
     coefficient (JumpReLU); TopK-family ignore it. `dead` marks latents eligible for AuxK; `step`
-    moves AuxK's window when more are dead than its buffer holds; `n_dead_max` (default: the
-    number dead) sizes that buffer — under a sweep axis, the most dead of any member.
+    moves AuxK's window when more are dead than its buffer holds; `aux_demand` (default:
+    auxk.buffer_demand of `dead`) sizes that buffer — under a sweep axis, that of all members.
 
     For ReLU-L1 the returned ForwardOutput carries x_hat and fire_counts only (pre_acts, latents
     and l0 are None): its [B, F] arrays are never materialised apart from f inside the fused
@@ -132,8 +133,8 @@ def sae_loss(
     loss, (out, parts) = _loss_without_aux_k(params, x, cfg, mesh, sparsity_coeff)
     if not _runs_aux_k(cfg, parts, dead):
         return loss, (out, parts)
-    x_in, residual, step, n_dead, weight = _aux_k_inputs(x, out, cfg, dead, step, n_dead_max)
-    aux, counts = auxk.aux_k_loss(params, x_in, residual, dead, step, n_dead, cfg, mesh, pre_acts=out.pre_acts)
+    x_in, residual, step, demand, weight = _aux_k_inputs(x, out, cfg, mesh, dead, step, aux_demand)
+    aux, counts = auxk.aux_k_loss(params, x_in, residual, dead, step, demand, cfg, mesh, pre_acts=out.pre_acts)
     parts.update(counts, aux_loss=aux)
     return loss + weight * aux, (out, parts)
 
@@ -147,7 +148,7 @@ def sae_loss_and_grads(
     sparsity_coeff: Float[Array, ""],
     dead: Bool[Array, " F"],
     step: Int[Array, ""] | None = None,
-    n_dead_max: Int[Array, ""] | None = None,
+    aux_demand: Int[Array, ""] | None = None,
 ) -> tuple[tuple[Float[Array, ""], tuple[ForwardOutput, dict[str, Array]]], SAEParams]:
     """`jax.value_and_grad(sae_loss, has_aux=True)` with AuxK's gradient taken inside each branch of
     its buffer switch (auxk.add_aux_k_gradient) rather than by differentiating through the switch.
@@ -157,8 +158,8 @@ def sae_loss_and_grads(
         params, x, cfg, mesh, sparsity_coeff)
     if not _runs_aux_k(cfg, parts, dead):
         return (loss, (out, parts)), grads
-    x_in, residual, step, n_dead, weight = _aux_k_inputs(x, out, cfg, dead, step, n_dead_max)
-    grads, aux, counts = auxk.add_aux_k_gradient(grads, params, x_in, residual, dead, step, n_dead, cfg, mesh,
+    x_in, residual, step, demand, weight = _aux_k_inputs(x, out, cfg, mesh, dead, step, aux_demand)
+    grads, aux, counts = auxk.add_aux_k_gradient(grads, params, x_in, residual, dead, step, demand, cfg, mesh,
                                                  out.pre_acts, weight)
     parts.update(counts, aux_loss=aux)
     return (loss + weight * aux, (out, parts)), grads

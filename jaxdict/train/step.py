@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxdict.sae import auxk
 from jaxdict.sae.config import ConfigError, SAEConfig
 from jaxdict.sae.losses import sae_loss_and_grads
 from jaxdict.sae.params import SAEParams
@@ -127,12 +128,12 @@ def train_step(
     optim_cfg: OptimConfig,
     mesh: Mesh | None,
     shard: str = "model",
-    n_dead_max: jax.Array | None = None,
+    aux_demand: jax.Array | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step on a batch [B, d_in] of raw activations. `shard`: how the state is stored
     (jaxdict.train.mesh.SHARD_MODES); the loss always sees the parameters in the "model" layout.
-    `n_dead_max` sizes AuxK's buffer (default: this state's dead count; a sweep passes the largest
-    of its members')."""
+    `aux_demand` sizes AuxK's buffer (default: auxk.buffer_demand of this state's dead latents; a
+    sweep passes that of all its members)."""
     fsdp = shard == "fsdp" and mesh is not None
     params = state.params
     if fsdp:
@@ -144,7 +145,7 @@ def train_step(
 
     (loss, (out, parts)), grads = sae_loss_and_grads(
         params, x, sae_cfg, mesh, sparsity_coeff=sparsity, dead=dead, step=state.step,
-        n_dead_max=n_dead_max,
+        aux_demand=aux_demand,
     )
     grads = _adjust_grads(grads, state.params, sae_cfg, mesh, fsdp)
     grad_norm = optax.tree.norm(grads)
@@ -169,16 +170,16 @@ def train_step(
     return new_state, step_metrics
 
 
-def _sweep_step(fn: Callable, sae_cfg: SAEConfig) -> Callable:
+def _sweep_step(fn: Callable, sae_cfg: SAEConfig, mesh: Mesh) -> Callable:
     """`fn` over a stack of states under vmap. AuxK's buffer size is chosen by a lax.switch on the
-    dead count; under vmap a switch on a per-member value becomes a select that runs every branch.
-    The largest count over the members is computed outside vmap and passed in unbatched, so the
-    switch stays a switch: with nothing dead in any member the sweep skips AuxK."""
-    stepped = jax.vmap(lambda state, batch, n: fn(state, batch, n_dead_max=n), in_axes=(0, None, None))
+    dead latents' demand; under vmap a switch on a per-member value becomes a select that runs
+    every branch. The demand of all members together is computed outside vmap and passed in
+    unbatched, so the switch stays a switch: with nothing dead in any member the sweep skips AuxK."""
+    stepped = jax.vmap(lambda state, batch, n: fn(state, batch, aux_demand=n), in_axes=(0, None, None))
 
     def sweep(states: TrainState, batch: jax.Array):
-        n_dead = jnp.sum(states.tokens_since_fired >= sae_cfg.dead_tokens, axis=-1, dtype=jnp.int32)
-        return stepped(states, batch, jnp.max(n_dead))
+        dead = states.tokens_since_fired >= sae_cfg.dead_tokens
+        return stepped(states, batch, auxk.buffer_demand(dead, mesh))
 
     return sweep
 
@@ -207,7 +208,7 @@ class TrainStep:
         self.batch_size, self.sweep_size, self.shard = batch_size, sweep_size, shard
         fn: Callable = functools.partial(train_step, sae_cfg=sae_cfg, optim_cfg=optim_cfg, mesh=mesh, shard=shard)
         if sweep_size is not None:
-            fn = _sweep_step(fn, sae_cfg)
+            fn = _sweep_step(fn, sae_cfg, mesh)
         if not metrics:
             # For measuring what the metrics cost: XLA drops the work only they use.
             with_metrics = fn
