@@ -94,8 +94,9 @@ def test_one_prefix_is_the_plain_sae(arch):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_sharded_steps_equal_single_device(name, devices):
     """Two optimiser steps, AuxK active in the second (dead_tokens=1), on a 2×4 mesh (and 1×8 for
-    the sparse TopK path) equal one device."""
-    cfg = CONFIGS[name]
+    the sparse TopK path) equal one device. aux_capacity = F: every dead latent has a slot on every
+    mesh (a `model` shard with more dead than its slots rotates its own window; tests/test_auxk.py)."""
+    cfg = dataclasses.replace(CONFIGS[name], aux_capacity=N_FEATURES)
     data = batches(2, seed=4)
     ref_state, ref_metrics = run_steps(cfg, (1, 1), data)
     assert ref_metrics[-1]["aux_loss"] > 0
