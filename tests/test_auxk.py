@@ -166,25 +166,20 @@ def test_buffer_sizes_and_the_size_a_step_uses():
         assert int(auxk.bucket_index(jnp.int32(n_dead), sizes)) == want, n_dead
 
 
-def candidates_by_shard(dead: np.ndarray, capacity: int, m: int, step: int) -> np.ndarray:
+def candidates_by_shard(dead: np.ndarray, sizes: tuple[int, ...], m: int, step: int) -> np.ndarray:
     """The dead latents AuxK may pick at `step` with features split in m blocks, written plainly:
-    each block fills its own slots, as many as the fullest block needs (from the sizes of
-    dead_buffer_sizes) up to capacity/m; a block with more dead than that takes the window of ranks
+    each block fills its own slots, as many as the fullest block needs (from the buffer `sizes`)
+    up to the largest size / m; a block with more dead than that takes the window of ranks
     [start, start + slots) among its own, start = (step mod ⌈n/slots⌉)·slots."""
     blocks = dead.reshape(m, -1)
     demand = m * blocks.sum(axis=1).max()
-    sizes = [c for c in auxk.dead_buffer_sizes(CFG_FOR_SIZES[capacity], MESH_FOR_SIZES[m]) if c >= demand]
-    slots = (sizes[0] if sizes else capacity) // m
+    slots = next((c for c in sizes if c >= demand), sizes[-1]) // m
     out = np.zeros_like(blocks)
     for b, block in enumerate(blocks):
         ids = np.flatnonzero(block)
         start = (step % max(-(-len(ids) // slots), 1)) * slots
         out[b, ids[start:start + slots]] = True
     return out.reshape(-1)
-
-
-CFG_FOR_SIZES = {32: make_case()[0]}
-MESH_FOR_SIZES = {m: make_mesh(8 // m, m, devices=jax.devices()[:8]) for m in (1, 4, 8)}
 
 
 # Features in blocks of 16 (2×4) or 8 (1×8) with 32 slots in all: a block fits 8 or 4 dead
@@ -198,15 +193,15 @@ def test_sharded_equals_exact_topk_over_each_shards_dead(mesh_shape, n_dead):
     cfg, params, x, residual = make_case(seed=11, tie=True)
     dead = jnp.zeros(N_FEATURES, bool).at[jax.random.permutation(jax.random.PRNGKey(9), N_FEATURES)[:n_dead]].set(True)
     dead = dead.at[jnp.array([10, 20, 30])].set(n_dead > 0)  # keep the tied latents in play
+    n = mesh_shape[0] * mesh_shape[1]
+    mesh = make_mesh(*mesh_shape, devices=jax.devices()[:n])
     m = mesh_shape[1]
-    chosen = candidates_by_shard(np.asarray(dead), cfg.effective_aux_capacity, m, step=1)
+    chosen = candidates_by_shard(np.asarray(dead), auxk.dead_buffer_sizes(cfg, mesh), m, step=1)
     if n_dead == 20:
         assert chosen.sum() == int(dead.sum()), "20 dead in blocks of 16 should fit their 8 slots"
     if n_dead >= 27 and m > 1:
         assert 0 < chosen.sum() < int(dead.sum()), "some block should overflow and rotate"
     want, want_g = reference_vg(params, x, residual, jnp.asarray(chosen), cfg)
-    n = mesh_shape[0] * mesh_shape[1]
-    mesh = make_mesh(*mesh_shape, devices=jax.devices()[:n])
     p_sh = jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(cfg),
                                                is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)))
     sharded = (p_sh, jax.device_put(x, batch_sharding(mesh)), jax.device_put(residual, batch_sharding(mesh)),
