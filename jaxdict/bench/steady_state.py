@@ -116,9 +116,10 @@ def run_steady_suite(d_in: int = 640, n_features: int = 16384, batch_size: int =
                      compute_dtype: str = "float32", decode: str = "sparse",
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     """TopK at one shape (`decode` and the matmuls' `compute_dtype` as SAEConfig's): per mesh, the
-    fresh step, the step with `dead_frac` dead (AuxK on) and the same dead set with aux_coeff = 0; on the first mesh also a step whose metrics are
-    fetched to the host (a logged step) and one compiled without metrics; then a sweep axis of
-    `sweep` runs with nothing dead, with one member at `dead_frac` dead, and without AuxK."""
+    fresh step, the step with `dead_frac` dead (AuxK on) and the same dead set with aux_coeff = 0;
+    on the first mesh also a step whose metrics are fetched to the host (a logged step) and one
+    compiled without metrics; then a sweep axis of `sweep` runs with nothing dead, with one member
+    at `dead_frac` dead, and without AuxK."""
     cfg = SAEConfig(arch="topk", d_in=d_in, n_features=n_features, k=k, decode=decode, compute_dtype=compute_dtype)
     no_aux = dataclasses.replace(cfg, aux_coeff=0.0)
     groups = []

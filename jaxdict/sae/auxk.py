@@ -211,7 +211,8 @@ def _aux_k_on_slots(slots, b_dec, ids, valid, x, residual, cfg: SAEConfig, mesh:
         # v5p (`jaxdict plan`, XLA's cost analysis), the step that read the slots moved 388 GB of
         # HBM against 78 GB recomputing them (d 2,304, F 131,072, B 4,096, one chip) and 221 against
         # 62 GB split over 16 chips (F 2^20, B 8,192); BENCHMARKS.md, "Ninth session". On XLA:CPU
-        # the matmul is the cost: there reading is cheaper on one device and even on 2×4.
+        # the matmul is the cost: reading measured cheaper on one device ("Seventh session") and
+        # no slower on 2×4 (1.001 side by side, "Ninth session").
         z = jnp.dot(x.astype(cdt), W_enc.astype(cdt), preferred_element_type=jnp.float32) + bias
     else:
         z_slots = preact_slots(lax.stop_gradient(pre_acts), ids, mesh)
